@@ -1,0 +1,188 @@
+"""The core of one logical shard: bounded inbox → batch → pure apply → group commit → reply.
+
+No Ray here, so the core can run in a plain event loop (tests, simulation). The rules:
+- one batch at a time per shard, in arrival order, at most `batch_max` commands;
+- the batch is applied to copies (lending.shard_state), committed in ONE transaction whose
+  first statement is the lease fence, and only after COMMIT is memory updated and the
+  replies released;
+- any failure replies `shard_unavailable` (the gateway retries with the same idempotency
+  key; dedupe happens inside the commit) and, since the commit outcome may be unknown,
+  the shard rebuilds its memory from Postgres before the next batch;
+- a lost lease (fence touched zero rows) stops the shard for good in this process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+
+import asyncpg
+
+from lending.commands import Command, Repay, Reply, error_reply, is_write
+from lending.shard_state import ApplyContext, Prefetched, ShardState, apply_batch
+from storage.shard_store import LeaseLost, ShardStore
+
+log = logging.getLogger("lendcore.shard")
+
+INACTIVE = "inactive"
+SERVING = "serving"
+RELOADING = "reloading"
+LOST = "lost"
+
+RELOAD_BACKOFF_S = (0.05, 0.1, 0.2, 0.5, 1.0)
+
+# Errors after which the commit outcome is unknown; anything else is a bug and propagates.
+STORAGE_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, asyncio.TimeoutError)
+
+
+def unavailable(reason: str) -> Reply:
+    return error_reply(503, "shard_unavailable", reason)
+
+
+class ShardCore:
+    def __init__(
+        self,
+        shard_id: int,
+        store: ShardStore,
+        context: Callable[[], ApplyContext],
+        inbox_max: int,
+        batch_max: int,
+    ) -> None:
+        self.shard_id = shard_id
+        self.store = store
+        self.context = context
+        self.inbox_max = inbox_max
+        self.batch_max = batch_max
+        self.status = INACTIVE
+        self.epoch = 0
+        self.state: ShardState | None = None
+        self._inbox: deque[tuple[Command, asyncio.Future[Reply]]] = deque()
+        self._wake = asyncio.Event()
+        self._loop_task: asyncio.Task[None] | None = None
+        self.stats = {"batches": 0, "commands": 0, "commit_s": 0.0, "failures": 0, "reloads": 0}
+
+    async def activate(self) -> None:
+        """Take the lease (epoch + 1) and rebuild memory from Postgres."""
+        self.epoch, next_seq = await self.store.acquire_lease(self.shard_id)
+        self.state = await self.store.load(self.shard_id, next_seq)
+        self.status = SERVING
+        self._loop_task = asyncio.create_task(self._run(), name=f"shard-{self.shard_id}")
+        log.info("shard %s serving at epoch %s", self.shard_id, self.epoch)
+
+    def submit(self, command: Command) -> asyncio.Future[Reply]:
+        future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
+        if self.status == LOST:
+            future.set_result(unavailable(f"shard {self.shard_id} moved to another owner"))
+        elif len(self._inbox) >= self.inbox_max:
+            future.set_result(unavailable(f"shard {self.shard_id} inbox is full"))
+        else:
+            self._inbox.append((command, future))
+            self._wake.set()
+        return future
+
+    def queue_depth(self) -> int:
+        return len(self._inbox)
+
+    async def stop(self) -> None:
+        """Finish what is queued, then stop the loop."""
+        while self._inbox and self.status in (SERVING, RELOADING):
+            await asyncio.sleep(0.01)
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            await asyncio.gather(self._loop_task, return_exceptions=True)
+
+    async def _run(self) -> None:
+        while self.status != LOST:
+            if not self._inbox:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            if self.status == RELOADING:
+                await self._reload()
+                continue
+            batch = [self._inbox.popleft() for _ in range(min(self.batch_max, len(self._inbox)))]
+            await self._process(batch)
+        self._fail_queued(f"shard {self.shard_id} moved to another owner")
+
+    async def _process(self, batch: list[tuple[Command, asyncio.Future[Reply]]]) -> None:
+        commands = [command for command, _ in batch]
+        started = time.perf_counter()
+        try:
+            replies = await self._apply_and_commit(commands)
+        except LeaseLost as lost:
+            log.warning("%s", lost)
+            self.status = LOST
+            replies = [unavailable(str(lost))] * len(batch)
+        except STORAGE_ERRORS as exc:
+            log.warning("shard %s: commit failed (%s: %s)", self.shard_id, type(exc).__name__, exc)
+            self.stats["failures"] += 1
+            self.status = RELOADING
+            replies = [unavailable("storage unavailable, retry")] * len(batch)
+        except Exception:  # a bug must fail its batch, not stall the shard
+            # Nothing was committed (the transaction rolled back). Answer 500 so the bug is
+            # visible, and rebuild memory in case apply broke an invariant before raising.
+            log.exception("shard %s: batch failed on a bug", self.shard_id)
+            self.stats["failures"] += 1
+            self.status = RELOADING
+            replies = [error_reply(500, "internal_error", "internal error")] * len(batch)
+        self.stats["batches"] += 1
+        self.stats["commands"] += len(batch)
+        self.stats["commit_s"] += time.perf_counter() - started
+        for (_, future), reply in zip(batch, replies, strict=True):
+            if not future.done():
+                future.set_result(reply)
+
+    async def _apply_and_commit(self, commands: list[Command]) -> list[Reply]:
+        state = self.state
+        assert state is not None
+        ctx = self.context()
+        if not any(is_write(c) for c in commands):
+            replies, _ = apply_batch(state, commands, Prefetched(), ctx)
+            return replies
+        idem_keys = [(c.partner_id, c.idem_key) for c in commands if is_write(c)]  # type: ignore[union-attr]
+        refs = [(c.partner_id, c.external_ref) for c in commands if isinstance(c, Repay)]
+        async with self.store.transaction(self.shard_id, self.epoch) as tx:
+            prefetched = await tx.prefetch(idem_keys, refs)
+            replies, diff = apply_batch(state, commands, prefetched, ctx)
+            if not diff.is_empty():
+                await tx.write(diff)
+        state.commit(diff)  # only after COMMIT: a failed commit leaves memory as it was
+        return replies
+
+    async def _reload(self) -> None:
+        """After an unknown commit outcome, Postgres is the truth: rebuild from it."""
+        for delay in RELOAD_BACKOFF_S:
+            try:
+                next_seq = await self._stored_next_seq()
+                self.state = await self.store.load(self.shard_id, next_seq)
+            except LeaseLost as lost:
+                log.warning("%s", lost)
+                return
+            except STORAGE_ERRORS as exc:
+                log.warning("shard %s: reload failed (%s), retrying", self.shard_id, exc)
+                await asyncio.sleep(delay)
+                continue
+            self.status = SERVING
+            self.stats["reloads"] += 1
+            return
+        # Still failing: answer what is queued, stay RELOADING and try again on the next batch.
+        self._fail_queued("storage unavailable, retry")
+
+    async def _stored_next_seq(self) -> int:
+        value = await self.store.pool.fetchval(
+            "SELECT next_seq FROM shard_lease WHERE shard_id = $1 AND epoch = $2",
+            self.shard_id, self.epoch,
+        )
+        if value is None:
+            self.status = LOST
+            raise LeaseLost(f"shard {self.shard_id}: epoch {self.epoch} is no longer the owner")
+        return int(value)
+
+    def _fail_queued(self, reason: str) -> None:
+        while self._inbox:
+            _, future = self._inbox.popleft()
+            if not future.done():
+                future.set_result(unavailable(reason))

@@ -1,0 +1,165 @@
+"""A shard host: the Ray-agnostic owner of several logical shards in one process.
+
+It holds the Postgres pool, the product catalog and one ShardCore per logical shard it
+owns. A call carries envelopes for any of its shards; the host hands each command to its
+shard's inbox and answers once every shard has committed its part. Activation is lazy and
+happens once per process, so a restarted actor rebuilds itself on the first call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+import uuid
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import msgspec
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from actors.core import SERVING, ShardCore, unavailable
+from lending.commands import BATCH_DECODER, BATCH_ENCODER, Reply
+from lending.decision import RiskPolicy
+from lending.products import ProductCatalog, load_catalog
+from lending.shard_state import ApplyContext
+from storage import cluster_store
+from storage.shard_store import ShardStore
+
+log = logging.getLogger("lendcore.host")
+
+
+class HostConfig(msgspec.Struct, frozen=True):
+    host_id: int
+    shard_ids: list[int]
+    pg_dsn: str
+    redis_url: str
+    redis_prefix: str
+    products_dir: str
+    pool_size: int
+    inbox_max: int
+    batch_max: int
+    lease_claim_ttl_ms: int
+    policy: RiskPolicy
+
+
+class ShardHostCore:
+    def __init__(self, config: HostConfig) -> None:
+        self.config = config
+        # A fresh owner name per process incarnation: the lease table shows restarts.
+        self.owner = f"host-{config.host_id}/{os.getpid()}/{uuid.uuid4().hex[:8]}"
+        self.shards: dict[int, ShardCore] = {}
+        self.started_at = time.time()
+        self._start_task: asyncio.Task[None] | None = None
+        self._pool: asyncpg.Pool | None = None
+        self._redis: aioredis.Redis | None = None
+        self._context: ApplyContext | None = None
+
+    async def ensure_started(self) -> None:
+        if self._start_task is None:
+            self._start_task = asyncio.create_task(self._start())
+        await asyncio.shield(self._start_task)
+
+    async def _start(self) -> None:
+        cfg = self.config
+        catalog: ProductCatalog = load_catalog(Path(cfg.products_dir), cfg.policy.apr_cap_bps)
+        self._pool = await asyncpg.create_pool(
+            cfg.pg_dsn, min_size=1, max_size=cfg.pool_size, command_timeout=30
+        )
+        self._redis = aioredis.from_url(cfg.redis_url)
+        business_date: date = await cluster_store.business_date(self._pool)
+        self._context = ApplyContext(business_date, catalog, cfg.policy)
+        store = ShardStore(self._pool, self.owner)
+        for shard_id in cfg.shard_ids:
+            self.shards[shard_id] = ShardCore(
+                shard_id, store, self.context, cfg.inbox_max, cfg.batch_max
+            )
+        await asyncio.gather(*(self._activate(core) for core in self.shards.values()))
+
+    def context(self) -> ApplyContext:
+        assert self._context is not None
+        return self._context
+
+    async def _activate(self, core: ShardCore) -> None:
+        """Redis serialises contenders for a shard; Postgres's epoch decides who owns it."""
+        claim_key = f"{self.config.redis_prefix}lease-claim:{core.shard_id}"
+        claimed = await self._claim(claim_key)
+        try:
+            await core.activate()
+        finally:
+            if claimed:
+                await self._release(claim_key)
+
+    async def _claim(self, key: str) -> bool:
+        assert self._redis is not None
+        deadline = time.monotonic() + self.config.lease_claim_ttl_ms / 1000
+        try:
+            while time.monotonic() < deadline:
+                if await self._redis.set(
+                    key, self.owner, nx=True, px=self.config.lease_claim_ttl_ms
+                ):
+                    return True
+                await asyncio.sleep(0.05)
+        except RedisError as exc:
+            # Redis only avoids two contenders racing; Postgres's fence keeps us correct.
+            log.warning("lease claim via Redis unavailable (%s); relying on Postgres epoch", exc)
+        return False
+
+    async def _release(self, key: str) -> None:
+        assert self._redis is not None
+        try:
+            await self._redis.delete(key)
+        except RedisError as exc:
+            log.warning("could not release lease claim %s (%s); it expires by TTL", key, exc)
+
+    async def submit(self, payload: bytes) -> bytes:
+        envelopes = BATCH_DECODER.decode(payload)
+        try:
+            await self.ensure_started()
+        except (OSError, asyncpg.PostgresError, RedisError) as exc:
+            self._start_task = None  # try again on the next call
+            reason = f"shard host {self.config.host_id} cannot start: {exc}"
+            return BATCH_ENCODER.encode([unavailable(reason)] * len(envelopes))
+        futures: list[asyncio.Future[Reply]] = []
+        for envelope in envelopes:
+            core = self.shards.get(envelope.shard_id)
+            if core is None:
+                future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
+                future.set_result(unavailable(f"shard {envelope.shard_id} is not on this host"))
+                futures.append(future)
+            else:
+                futures.append(core.submit(envelope.command))
+        replies = await asyncio.gather(*futures)
+        return BATCH_ENCODER.encode(replies)
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "host_id": self.config.host_id,
+            "owner": self.owner,
+            "pid": os.getpid(),
+            "started_at": self.started_at,
+            "shards": {
+                str(shard_id): {
+                    "status": core.status,
+                    "epoch": core.epoch,
+                    "queue_depth": core.queue_depth(),
+                    "loans": len(core.state.loans) if core.state else 0,
+                    **core.stats,
+                }
+                for shard_id, core in self.shards.items()
+            },
+        }
+
+    def serving(self) -> bool:
+        return bool(self.shards) and all(c.status == SERVING for c in self.shards.values())
+
+    async def stop(self) -> None:
+        await asyncio.gather(*(core.stop() for core in self.shards.values()))
+        if self._pool is not None:
+            await self._pool.close()
+        if self._redis is not None:
+            await self._redis.aclose()

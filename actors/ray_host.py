@@ -1,0 +1,42 @@
+"""The thin Ray adapter of a shard host.
+
+max_restarts=-1: Ray brings a dead host back; it rebuilds from Postgres on its first call.
+max_task_retries=0: Ray must never re-run a call on its own (a method could run twice); the
+gateway retries with the same idempotency keys instead, and dedupe happens in the commit.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import ray
+
+from actors.host import HostConfig, ShardHostCore
+
+
+@ray.remote(max_restarts=-1, max_task_retries=0)
+class ShardHostActor:
+    def __init__(self, config_json: bytes) -> None:
+        import msgspec
+
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+        # Trivial on purpose: state is loaded on first use, so a restart is cheap and lazy.
+        self.core = ShardHostCore(msgspec.json.decode(config_json, type=HostConfig))
+
+    async def submit(self, payload: bytes) -> bytes:
+        return await self.core.submit(payload)
+
+    async def ready(self) -> dict[str, Any]:
+        await self.core.ensure_started()
+        return self.core.stats()
+
+    async def stats(self) -> dict[str, Any]:
+        return self.core.stats()
+
+    async def stop(self) -> None:
+        await self.core.stop()
+
+    def pid(self) -> int:
+        return os.getpid()

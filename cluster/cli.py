@@ -1,0 +1,34 @@
+"""The `lendcore` command."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="lendcore", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    up = commands.add_parser("up", help="start the whole system")
+    up.add_argument("--config", type=Path, help="a TOML file layered over config/default.toml")
+    bench = commands.add_parser("bench", help="measure the running stack (see loadtests/)")
+    bench.add_argument("--quick", action="store_true", help="a short run, under a minute")
+    bench.add_argument("--config", type=Path)
+    bench.add_argument("--loans", type=int, default=None, help="loans to seed")
+    bench.add_argument("--duration", type=float, default=None, help="seconds per phase")
+    args = parser.parse_args(argv)
+    if args.command == "up":
+        from cluster.up import run
+
+        return run(args.config)
+    if args.command == "bench":
+        from loadtests.bench import run_bench
+
+        return run_bench(args.config, quick=args.quick, loans=args.loans, duration=args.duration)
+    parser.error(f"unknown command {args.command}")
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

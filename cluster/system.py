@@ -1,0 +1,281 @@
+"""The running system in one process: schema, shard hosts on Ray, both gateways.
+
+`lendcore up` and the integration tests both build a `System`, so what the tests exercise is
+what users run. Ray must already be initialised (cluster.bootstrap.start_ray) by the caller.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import date, datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import msgspec
+import ray
+import redis.asyncio as aioredis
+import uvicorn
+
+from actors.host import HostConfig
+from actors.ray_host import ShardHostActor
+from cluster.config import Settings, load_partner_secrets
+from gateway.guard import RedisGuard
+from gateway.openapi import build_openapi
+from gateway.ops_api import Operator, OpsApi, common_endpoints
+from gateway.partner_api import PartnerApi
+from gateway.pii import PiiVault
+from gateway.ratelimit import RateLimiter
+from gateway.router import HostChannel, ShardRouter
+from lending.decision import RiskPolicy
+from lending.products import load_catalog
+from storage import cluster_store
+from storage.migrate import migrate
+
+log = logging.getLogger("lendcore.system")
+
+CHINA_STANDARD_TIME = timezone(timedelta(hours=8))  # no DST in China: a fixed offset is exact
+HOST_READY_TIMEOUT_S = 120
+STATS_TIMEOUT_S = 2.0
+RAY_RETRYABLE: tuple[type[BaseException], ...] = (
+    ray.exceptions.RayActorError,
+    ray.exceptions.ActorUnavailableError,
+)
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal handlers: `lendcore up` owns SIGINT/SIGTERM."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def initial_business_date(settings: Settings) -> date:
+    if settings.cluster.initial_business_date:
+        return date.fromisoformat(settings.cluster.initial_business_date)
+    return datetime.now(CHINA_STANDARD_TIME).date()
+
+
+def risk_policy(settings: Settings) -> RiskPolicy:
+    return msgspec.convert(msgspec.to_builtins(settings.risk), RiskPolicy)
+
+
+class System:
+    def __init__(self, settings: Settings, pg_dsn: str, redis_url: str) -> None:
+        self.settings = settings
+        self.pg_dsn = pg_dsn
+        self.redis_url = redis_url
+        self.instance = uuid.uuid4().hex[:8]  # names this system's actors in a shared Ray
+        self.hosts: list[Any] = []
+        self.hosts_ready = False
+        self.router: ShardRouter | None = None
+        self._pool: asyncpg.Pool | None = None
+        self._redis: aioredis.Redis | None = None
+        self._servers: list[_Server] = []
+        self._server_tasks: list[asyncio.Task[None]] = []
+        self.api_url = ""
+        self.ops_url = ""
+
+    # ---- start ----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        settings = self.settings
+        self._pool = await asyncpg.create_pool(
+            self.pg_dsn, min_size=1, max_size=settings.storage.pool_size_gateway
+        )
+        async with self._pool.acquire() as conn:
+            applied = await migrate(conn)
+            if applied:
+                log.info("applied migrations %s", applied)
+            await cluster_store.initialise(
+                conn, settings.cluster.logical_shards, initial_business_date(settings)
+            )
+        self._redis = aioredis.from_url(self.redis_url)
+        self._start_hosts()
+        self.router = self._build_router()
+        self.router.start()
+        await self._start_servers()
+        await self._wait_hosts_ready()
+
+    def host_config(self, host_id: int, shard_ids: list[int]) -> HostConfig:
+        s = self.settings
+        return HostConfig(
+            host_id=host_id,
+            shard_ids=shard_ids,
+            pg_dsn=self.pg_dsn,
+            redis_url=self.redis_url,
+            redis_prefix=s.redis.key_prefix,
+            products_dir=str(s.resolve_path(s.paths.products_dir)),
+            pool_size=s.storage.pool_size_per_host,
+            inbox_max=s.shard.inbox_max,
+            batch_max=s.shard.batch_max,
+            lease_claim_ttl_ms=s.shard.lease_claim_ttl_ms,
+            policy=risk_policy(s),
+        )
+
+    def shard_assignment(self) -> list[int]:
+        """Logical shard → host index. Whole shards move between hosts; keys never re-hash."""
+        hosts = self.settings.cluster.shard_hosts
+        return [shard % hosts for shard in range(self.settings.cluster.logical_shards)]
+
+    def _start_hosts(self) -> None:
+        assignment = self.shard_assignment()
+        for host_id in range(self.settings.cluster.shard_hosts):
+            shards = [s for s, h in enumerate(assignment) if h == host_id]
+            config = msgspec.json.encode(self.host_config(host_id, shards))
+            handle = ShardHostActor.options(  # type: ignore[attr-defined]
+                name=f"lendcore-{self.instance}-host-{host_id}",
+                num_cpus=0,
+                max_concurrency=1000,
+            ).remote(config)
+            self.hosts.append(handle)
+
+    async def _wait_hosts_ready(self) -> None:
+        refs = [host.ready.remote() for host in self.hosts]
+        await asyncio.wait_for(asyncio.gather(*refs), HOST_READY_TIMEOUT_S)
+        self.hosts_ready = True
+
+    def _build_router(self) -> ShardRouter:
+        g = self.settings.gateway
+
+        async def send(host_id: int, payload: bytes) -> bytes:
+            result: bytes = await self.hosts[host_id].submit.remote(payload)
+            return result
+
+        channels = {
+            host_id: HostChannel(
+                host_id, send, g.ray_call_items_max, g.calls_in_flight_max, RAY_RETRYABLE
+            )
+            for host_id in range(len(self.hosts))
+        }
+        return ShardRouter(self.shard_assignment(), channels, g.pending_max, g.retry_deadline_s)
+
+    def ready(self) -> bool:
+        return self.hosts_ready and all(server.started for server in self._servers)
+
+    async def _start_servers(self) -> None:
+        assert self._redis is not None and self._pool is not None and self.router is not None
+        s = self.settings
+        openapi = build_openapi()
+        common = common_endpoints(self.ready, lambda: openapi)
+        vault = PiiVault(
+            bytes.fromhex(s.security.pii_key_hex), bytes.fromhex(s.security.hash_key_hex)
+        )
+        partner = PartnerApi(
+            secrets=load_partner_secrets(s.resolve_path(s.paths.partners_file)),
+            guard=RedisGuard(
+                self._redis, s.redis.key_prefix, s.gateway.nonce_ttl_s,
+                response_ttl_s=s.gateway.idempotency_ttl_s,
+            ),
+            limiter=RateLimiter(self._redis, s.redis.key_prefix),
+            router=self.router,
+            vault=vault,
+            catalog=load_catalog(s.resolve_path(s.paths.products_dir), s.risk.apr_cap_bps),
+            body_max_bytes=s.gateway.body_max_bytes,
+            clock_skew_max_s=s.gateway.clock_skew_max_s,
+            rate_per_s=s.gateway.rate_per_partner_s,
+            rate_burst=s.gateway.rate_burst,
+            is_ready=self.ready,
+            common=common,
+        )
+        ops = OpsApi(
+            operators=[Operator(o.name, o.token, o.roles) for o in s.operators],
+            pool=self._pool,
+            cluster_view=self.cluster_view,
+            common=common,
+        )
+        for app, host, port in (
+            (partner, s.gateway.api_host, s.gateway.api_port),
+            (ops, s.gateway.ops_host, s.gateway.ops_port),
+        ):
+            server = _Server(uvicorn.Config(
+                app, host=host, port=port, loop="none", http="httptools", lifespan="off",
+                access_log=False, log_level="warning", backlog=4096,
+            ))
+            self._servers.append(server)
+            self._server_tasks.append(asyncio.create_task(server.serve()))
+        while not all(server.started for server in self._servers):
+            for task in self._server_tasks:
+                if task.done():
+                    task.result()  # a server that failed to bind raises here
+                    raise RuntimeError("HTTP server exited during start-up")
+            await asyncio.sleep(0.02)
+        api_port = self._bound_port(self._servers[0])
+        ops_port = self._bound_port(self._servers[1])
+        self.api_url = f"http://{s.gateway.api_host}:{api_port}"
+        self.ops_url = f"http://{s.gateway.ops_host}:{ops_port}"
+
+    @staticmethod
+    def _bound_port(server: _Server) -> int:
+        """The real port (port 0 in config means any free port, used by the tests)."""
+        for listener in server.servers:
+            for sock in listener.sockets:
+                return int(sock.getsockname()[1])
+        raise RuntimeError("server has no socket")
+
+    # ---- views ----------------------------------------------------------------------------
+
+    async def cluster_view(self) -> dict[str, Any]:
+        assert self._pool is not None and self.router is not None
+        leases = await cluster_store.shard_leases(self._pool)
+        host_stats: list[Any] = []
+        for host in self.hosts:
+            try:
+                host_stats.append(await asyncio.wait_for(host.stats.remote(), STATS_TIMEOUT_S))
+            except (TimeoutError, ray.exceptions.RayActorError) as exc:
+                host_stats.append({"error": f"{type(exc).__name__}"})
+        assignment = self.shard_assignment()
+        shards = []
+        for lease in leases:
+            host_id = assignment[lease["shard_id"]]
+            live = host_stats[host_id].get("shards", {}).get(str(lease["shard_id"]), {})
+            shards.append({
+                **lease,
+                "host": host_id,
+                "state": live.get("status", "unknown"),
+                "queue_depth": live.get("queue_depth", 0),
+                "commands": live.get("commands", 0),
+                "batches": live.get("batches", 0),
+                "loans": live.get("loans", 0),
+                "restarts": max(0, lease["epoch"] - 1),
+            })
+        return {
+            "nodes": [
+                {"node_id": n["NodeID"], "alive": n["Alive"], "address": n["NodeManagerAddress"],
+                 "resources": n.get("Resources", {})}
+                for n in ray.nodes()
+            ],
+            "hosts": host_stats,
+            "gateway": {"pending": self.router.pending(), "channels": self.router.stats()},
+            "shards": shards,
+            "at": time.time(),
+        }
+
+    # ---- stop -----------------------------------------------------------------------------
+
+    async def stop(self) -> None:
+        """Drain: stop accepting, let in-flight requests finish, stop hosts, close."""
+        for server in self._servers:
+            server.should_exit = True
+        await asyncio.gather(*self._server_tasks, return_exceptions=True)
+        if self.router is not None:
+            await self.router.close()
+        stops = [host.stop.remote() for host in self.hosts]
+        with contextlib.suppress(*RAY_RETRYABLE):
+            await asyncio.wait_for(asyncio.gather(*stops), 30)
+        for host in self.hosts:
+            ray.kill(host, no_restart=True)
+        if self._redis is not None:
+            await self._redis.aclose()
+        if self._pool is not None:
+            await self._pool.close()
+
+
+def data_dir(settings: Settings) -> Path:
+    return settings.resolve_path(settings.paths.data_dir)

@@ -1,0 +1,84 @@
+"""`lendcore up`: services (given or embedded), Ray, shard hosts, both gateways; clean exit.
+
+Prints exactly one line `ready api=... ops=...` once /readyz would answer 200, and on
+SIGINT/SIGTERM drains (stops accepting, finishes in-flight requests, stops the hosts) and
+exits 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+import time
+from pathlib import Path
+
+import ray
+import uvloop
+
+from cluster.bootstrap import start_ray
+from cluster.config import Settings, load_settings
+from cluster.services import EmbeddedService, start_embedded_postgres, start_embedded_redis
+from cluster.system import System
+
+log = logging.getLogger("lendcore.up")
+
+
+def resolve_services(settings: Settings) -> tuple[str, str, list[EmbeddedService]]:
+    """Postgres and Redis from config/env when given, else embedded under the data dir."""
+    started: list[EmbeddedService] = []
+    data_dir = Path(settings.paths.data_dir).resolve()
+    pg_dsn = settings.storage.pg_dsn
+    if not pg_dsn:
+        service = start_embedded_postgres(data_dir)
+        started.append(service)
+        pg_dsn = service.url
+        log.info("embedded postgres at %s", pg_dsn)
+    redis_url = settings.redis.url
+    if not redis_url:
+        service = start_embedded_redis(data_dir)
+        started.append(service)
+        redis_url = service.url
+        log.info("embedded redis at %s", redis_url)
+    return pg_dsn, redis_url, started
+
+
+async def serve(settings: Settings, pg_dsn: str, redis_url: str) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    system = System(settings, pg_dsn, redis_url)
+    started = time.monotonic()
+    start = asyncio.create_task(system.start())
+    stopper = asyncio.create_task(stop.wait())
+    await asyncio.wait({start, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    if start.done():
+        start.result()
+        print(f"ready api={system.api_url} ops={system.ops_url}", flush=True)
+        log.info("ready in %.1f s", time.monotonic() - started)
+        await stopper
+    else:
+        start.cancel()
+    log.info("stopping: draining requests and shard hosts")
+    await system.stop()
+
+
+def run(config_file: Path | None) -> int:
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s",
+        stream=sys.stderr,
+    )
+    settings = load_settings(config_file)
+    pg_dsn, redis_url, embedded = resolve_services(settings)
+    try:
+        start_ray(settings)
+        uvloop.run(serve(settings, pg_dsn, redis_url))
+    finally:
+        if ray.is_initialized():
+            ray.shutdown()
+        for service in reversed(embedded):
+            service.stop()
+    log.info("stopped")
+    return 0

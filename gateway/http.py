@@ -1,0 +1,103 @@
+"""Small ASGI helpers shared by both gateways: bounded body reading, responses, errors."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+import msgspec
+
+from lending.commands import ErrorBody, ErrorDetail
+
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+
+JSON = msgspec.json.Encoder()
+_FIELD = re.compile(r"at `\$\.?([^`]*)`")
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+class HttpError(Exception):
+    """An error response; raised anywhere in a handler, rendered once at the top."""
+
+    def __init__(
+        self, status: int, code: str, message: str, field: str | None = None,
+        retry_after_s: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.field = field
+        self.retry_after_s = retry_after_s
+
+    def body(self) -> bytes:
+        return JSON.encode(ErrorBody(ErrorDetail(self.code, self.message, self.field)))
+
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        if self.retry_after_s is None:
+            return []
+        return [(b"retry-after", str(self.retry_after_s).encode())]
+
+
+def invalid(exc: msgspec.DecodeError | msgspec.ValidationError | ValueError) -> HttpError:
+    message = str(exc)
+    match = _FIELD.search(message)
+    field = match.group(1) if match and match.group(1) else None
+    return HttpError(400, "invalid_request", message, field)
+
+
+async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
+    """The whole body, refusing early (by Content-Length) or mid-stream past `limit`."""
+    for name, value in scope["headers"]:
+        if name == b"content-length" and value.isdigit() and int(value) > limit:
+            raise BodyTooLarge
+    chunks: list[bytes] = []
+    size = 0
+    more = True
+    while more:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            break
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge
+        chunks.append(chunk)
+        more = message.get("more_body", False)
+    return b"".join(chunks)
+
+
+def header_map(scope: Scope) -> dict[str, str]:
+    return {name.decode("latin-1"): value.decode("latin-1") for name, value in scope["headers"]}
+
+
+async def respond(
+    send: Send, status: int, body: bytes,
+    headers: list[tuple[bytes, bytes]] | None = None,
+    content_type: bytes = b"application/json",
+) -> None:
+    all_headers = [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]
+    if headers:
+        all_headers.extend(headers)
+    await send({"type": "http.response.start", "status": status, "headers": all_headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def respond_error(send: Send, error: HttpError) -> None:
+    await respond(send, error.status, error.body(), error.headers())
+
+
+async def lifespan(receive: Receive, send: Send) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return

@@ -1,0 +1,56 @@
+"""Per-partner token bucket in Redis: shared by every gateway process, one round trip a call.
+
+The caller passes the clock (now_ms) so that tests control time, and so that the script stays
+free of TIME (gateway nodes agree closely enough; a clock behind the stored one mints nothing).
+"""
+
+from __future__ import annotations
+
+import redis.asyncio
+
+# KEYS[1] bucket. ARGV[1] rate per s, ARGV[2] burst, ARGV[3] now ms.
+# State {t: tokens, ts: ms of last refill}. Returns {allowed 0|1, retry_after_s as string}
+# (a Lua number would be truncated to an integer reply).
+_TOKEN_BUCKET_LUA = """
+local rate_per_ms = tonumber(ARGV[1]) / 1000
+local burst = tonumber(ARGV[2])
+local now_ms = tonumber(ARGV[3])
+local state = redis.call('HMGET', KEYS[1], 't', 'ts')
+local tokens = tonumber(state[1]) or burst
+local last_ms = tonumber(state[2]) or now_ms
+if now_ms > last_ms then
+  tokens = math.min(burst, tokens + (now_ms - last_ms) * rate_per_ms)
+  last_ms = now_ms
+end
+local allowed = 0
+local retry_after_s = 0
+if tokens >= 1 then
+  tokens = tokens - 1
+  allowed = 1
+else
+  retry_after_s = (1 - tokens) / rate_per_ms / 1000
+end
+redis.call('HSET', KEYS[1], 't', string.format('%.17g', tokens),
+           'ts', string.format('%.17g', last_ms))
+-- Once the bucket would be full again its state equals no state: let Redis drop it.
+redis.call('PEXPIRE', KEYS[1], math.ceil(burst / rate_per_ms) + 1000)
+return {allowed, string.format('%.17g', retry_after_s)}
+"""
+
+
+class RateLimiter:
+    def __init__(self, redis: redis.asyncio.Redis, prefix: str) -> None:
+        self._prefix = prefix
+        self._script = redis.register_script(_TOKEN_BUCKET_LUA)
+
+    async def allow(
+        self, partner_id: str, rate_per_s: float, burst: int, now_ms: int
+    ) -> tuple[bool, float]:
+        """Take one token; return (allowed, seconds until a token will be available)."""
+        if rate_per_s <= 0 or burst < 1:
+            raise ValueError(f"need rate_per_s > 0 and burst >= 1, got {rate_per_s}, {burst}")
+        key = f"{self._prefix}rate:{partner_id}"
+        # repr keeps every digit of the float; str(int) is exact.
+        args = [repr(float(rate_per_s)), str(burst), str(now_ms)]
+        allowed, retry_after_s = await self._script(keys=[key], args=args)
+        return allowed == 1, float(retry_after_s)

@@ -1,0 +1,181 @@
+"""API views (API.md shapes) of domain objects, rendered to the exact bytes a partner sees.
+
+Rendering happens inside the shard, before commit, because the rendered bytes are what the
+idempotency record stores: a replay returns them byte for byte.
+"""
+
+from __future__ import annotations
+
+from datetime import date
+
+import msgspec
+
+from lending.loans import Allocation, Installment, Loan, PayoffQuote
+
+
+class Components(msgspec.Struct, frozen=True):
+    principal: int
+    interest: int
+    penalty: int
+    fee: int
+
+
+class ScheduleItemView(msgspec.Struct, frozen=True):
+    period: int
+    due_date: date
+    principal: int
+    interest: int
+    fee: int
+    total: int
+    status: str
+    paid: Components
+    penalty: int
+
+
+class LoanView(msgspec.Struct, frozen=True):
+    loan_id: str
+    application_id: str
+    customer_id: str
+    product_code: str
+    status: str
+    principal: int
+    annual_rate_bps: int
+    apr_bps: int
+    term: int
+    repayment_method: str
+    disbursed_on: date
+    outstanding: Components
+    dpd: int
+    bucket: str
+    classification: str
+    schedule: list[ScheduleItemView]
+    product_version: int
+    payee: str
+
+
+class AllocationView(msgspec.Struct, frozen=True):
+    penalty: int
+    fee: int
+    interest: int
+    principal: int
+
+
+class RepaymentView(msgspec.Struct, frozen=True):
+    repayment_id: str
+    loan_id: str
+    value_date: date
+    allocation: AllocationView
+    loan: LoanView
+    amount: int
+    external_ref: str
+    kind: str
+
+
+class PayoffView(msgspec.Struct, frozen=True):
+    as_of: date
+    principal: int
+    interest: int
+    penalty: int
+    fee: int
+    total: int
+    prepayment_fee: int
+
+
+class DecisionView(msgspec.Struct, frozen=True):
+    reasons: list[str]
+    approved_amount: int | None
+    annual_rate_bps: int | None
+    apr_bps: int | None
+    term: int | None
+    credit_limit: int | None
+    expires_on: date | None
+
+
+class ApplicationView(msgspec.Struct, frozen=True):
+    application_id: str
+    customer_id: str
+    status: str
+    decision: DecisionView
+    created_on: date
+    partner_application_id: str
+    product_code: str
+    amount: int
+    term: int
+    loan_id: str | None
+
+
+class CustomerView(msgspec.Struct, frozen=True):
+    customer_id: str
+    name_masked: str
+    id_number_masked: str
+    phone_masked: str
+    credit_limit: int
+    available_limit: int
+    loan_ids: list[str]
+
+
+_ENCODER = msgspec.json.Encoder()
+
+
+def encode(view: msgspec.Struct) -> bytes:
+    return _ENCODER.encode(view)
+
+
+def _schedule_item(inst: Installment) -> ScheduleItemView:
+    return ScheduleItemView(
+        period=inst.period,
+        due_date=inst.due_date,
+        principal=inst.principal,
+        interest=inst.interest,
+        fee=inst.fee,
+        total=inst.principal + inst.interest + inst.fee,
+        status=inst.status,
+        paid=Components(inst.paid_principal, inst.paid_interest, inst.paid_penalty, inst.paid_fee),
+        penalty=inst.penalty,
+    )
+
+
+def loan_view(loan: Loan) -> LoanView:
+    return LoanView(
+        loan_id=loan.loan_id,
+        application_id=loan.application_id,
+        customer_id=loan.customer_id,
+        product_code=loan.product_code,
+        status=loan.status,
+        principal=loan.principal,
+        annual_rate_bps=loan.annual_rate_bps,
+        apr_bps=loan.apr_bps,
+        term=loan.term,
+        repayment_method=loan.repayment_method,
+        disbursed_on=loan.disbursed_on,
+        outstanding=Components(
+            principal=loan.outstanding_principal(),
+            interest=loan.interest_receivable,
+            penalty=loan.outstanding_penalty(),
+            fee=loan.fee_receivable,
+        ),
+        dpd=loan.dpd,
+        bucket=loan.bucket,
+        classification=loan.classification,
+        schedule=[_schedule_item(i) for i in loan.installments],
+        product_version=loan.product_version,
+        payee=loan.payee,
+    )
+
+
+def payoff_view(quote: PayoffQuote) -> PayoffView:
+    return PayoffView(
+        as_of=quote.as_of,
+        principal=quote.principal,
+        interest=quote.interest,
+        penalty=quote.penalty,
+        fee=quote.fee + quote.prepayment_fee,
+        total=quote.total,
+        prepayment_fee=quote.prepayment_fee,
+    )
+
+
+def allocation_view(allocation: Allocation) -> AllocationView:
+    return AllocationView(
+        allocation.penalty, allocation.fee, allocation.interest, allocation.principal
+    )

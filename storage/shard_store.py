@@ -1,0 +1,249 @@
+"""Postgres persistence of one logical shard: lease, load, prefetch and the group commit.
+
+One group commit is one transaction: BEGIN; the lease fence (UPDATE ... WHERE epoch = mine,
+zero rows → a newer owner exists → roll back); the prefetch of durable facts the batch
+needs; then every row of the batch in ONE statement (data-modifying CTEs over unnest'ed
+arrays, so the write is one round trip whatever the batch size); COMMIT.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import asyncpg
+import msgspec
+
+from lending import ledger
+from lending.loans import Loan
+from lending.shard_state import (
+    Application,
+    Customer,
+    Diff,
+    IdempotencyRecord,
+    Prefetched,
+    ShardState,
+)
+
+
+class LeaseLost(Exception):
+    """A newer owner took the shard (higher epoch): this owner must stop serving it."""
+
+
+_ENCODER = msgspec.msgpack.Encoder()
+_CUSTOMER = msgspec.msgpack.Decoder(Customer)
+_APPLICATION = msgspec.msgpack.Decoder(Application)
+_LOAN = msgspec.msgpack.Decoder(Loan)
+
+LOAD_PAGE_ROWS = 20000  # rows fetched per round trip while rebuilding a shard
+
+_FENCE = "UPDATE shard_lease SET renewed_at = now() WHERE shard_id = $1 AND epoch = $2"
+
+_PREFETCH_IDEMPOTENCY = """
+SELECT partner_id, idem_key, request_hash, status, body FROM idempotency
+WHERE shard_id = $1 AND (partner_id, idem_key) IN (SELECT * FROM unnest($2::text[], $3::text[]))
+"""
+
+_PREFETCH_REFS = """
+SELECT partner_id, external_ref FROM repayments
+WHERE shard_id = $1 AND (partner_id, external_ref) IN (SELECT * FROM unnest($2::text[], $3::text[]))
+"""
+
+# All rows of a batch in one statement. Empty arrays insert nothing.
+_WRITE = """
+WITH
+c AS (
+  INSERT INTO customers (shard_id, customer_id, id_hash, state)
+  SELECT $1, * FROM unnest($2::text[], $3::text[], $4::bytea[])
+  ON CONFLICT (shard_id, customer_id) DO UPDATE SET state = EXCLUDED.state
+),
+a AS (
+  INSERT INTO applications (shard_id, application_id, partner_id, partner_application_id,
+                            customer_id, status, created_on, state)
+  SELECT $1, * FROM unnest($5::text[], $6::text[], $7::text[], $8::text[], $9::text[],
+                           $10::date[], $11::bytea[])
+  ON CONFLICT (shard_id, application_id)
+  DO UPDATE SET status = EXCLUDED.status, state = EXCLUDED.state
+),
+l AS (
+  INSERT INTO loans (shard_id, loan_id, customer_id, partner_id, status,
+                     principal_outstanding, version, state)
+  SELECT $1, * FROM unnest($12::text[], $13::text[], $14::text[], $15::text[], $16::int8[],
+                           $17::int4[], $18::bytea[])
+  ON CONFLICT (shard_id, loan_id) DO UPDATE SET status = EXCLUDED.status,
+    principal_outstanding = EXCLUDED.principal_outstanding, version = EXCLUDED.version,
+    state = EXCLUDED.state
+),
+r AS (
+  INSERT INTO repayments (shard_id, repayment_id, loan_id, partner_id, external_ref, kind,
+                          amount, value_date, penalty, fee, interest, principal)
+  SELECT $1, * FROM unnest($19::text[], $20::text[], $21::text[], $22::text[], $23::text[],
+                           $24::int8[], $25::date[], $26::int8[], $27::int8[], $28::int8[],
+                           $29::int8[])
+),
+j AS (
+  INSERT INTO journal_lines (shard_id, entry_id, line_no, business_date, book, loan_id, cause,
+                             kind, account, debit, credit)
+  SELECT $1, * FROM unnest($30::text[], $31::int2[], $32::date[], $33::text[], $34::text[],
+                           $35::text[], $36::text[], $37::text[], $38::int8[], $39::int8[])
+),
+b AS (
+  INSERT INTO account_balances (shard_id, book, account, debit, credit)
+  SELECT $1, * FROM unnest($40::text[], $41::text[], $42::int8[], $43::int8[])
+  ON CONFLICT (shard_id, book, account) DO UPDATE
+    SET debit = account_balances.debit + EXCLUDED.debit,
+        credit = account_balances.credit + EXCLUDED.credit
+),
+i AS (
+  INSERT INTO idempotency (shard_id, partner_id, idem_key, request_hash, status, body)
+  SELECT $1, * FROM unnest($44::text[], $45::text[], $46::text[], $47::int2[], $48::bytea[])
+)
+UPDATE shard_lease SET next_seq = $49 WHERE shard_id = $1
+"""
+
+
+def _columns(rows: list[tuple[Any, ...]], width: int) -> list[list[Any]]:
+    """Row tuples → one list per column (what unnest wants)."""
+    if not rows:
+        return [[] for _ in range(width)]
+    return [list(column) for column in zip(*rows, strict=True)]
+
+
+def _write_args(shard_id: int, diff: Diff) -> list[Any]:
+    customers = _columns(
+        [(c.customer_id, c.id_hash, _ENCODER.encode(c)) for c in diff.customers.values()], 3
+    )
+    applications = _columns(
+        [
+            (a.application_id, a.partner_id, a.partner_application_id, a.customer_id, a.status,
+             a.created_on, _ENCODER.encode(a))
+            for a in diff.applications.values()
+        ],
+        7,
+    )
+    loans = _columns(
+        [
+            (n.loan_id, n.customer_id, n.partner_id, n.status, n.outstanding_principal(),
+             n.version, _ENCODER.encode(n))
+            for n in diff.loans.values()
+        ],
+        7,
+    )
+    repayments = _columns(
+        [
+            (r.repayment_id, r.loan_id, r.partner_id, r.external_ref, r.kind, r.amount,
+             r.value_date, r.penalty, r.fee, r.interest, r.principal)
+            for r in diff.repayments
+        ],
+        11,
+    )
+    lines = _columns(
+        [
+            (e.entry_id, n, e.business_date, e.book, e.loan_id, e.cause, e.kind, line.account,
+             line.debit, line.credit)
+            for e in diff.entries
+            for n, line in enumerate(e.lines)
+        ],
+        10,
+    )
+    balances = _columns(
+        [(book, account, d, c) for (book, account), (d, c) in
+         ledger.balance_deltas(diff.entries).items()],
+        4,
+    )
+    idempotency = _columns(
+        [(k.partner_id, k.idem_key, k.request_hash, k.status, k.body)
+         for k in diff.idempotency.values()],
+        5,
+    )
+    return [
+        shard_id, *customers, *applications, *loans, *repayments, *lines, *balances,
+        *idempotency, diff.next_seq,
+    ]
+
+
+class ShardTransaction:
+    def __init__(self, conn: asyncpg.Connection, shard_id: int) -> None:
+        self._conn = conn
+        self._shard_id = shard_id
+
+    async def prefetch(
+        self, idem_keys: list[tuple[str, str]], external_refs: list[tuple[str, str]]
+    ) -> Prefetched:
+        prefetched = Prefetched()
+        if idem_keys:
+            rows = await self._conn.fetch(
+                _PREFETCH_IDEMPOTENCY, self._shard_id,
+                [k[0] for k in idem_keys], [k[1] for k in idem_keys],
+            )
+            for row in rows:
+                record = IdempotencyRecord(
+                    row["partner_id"], row["idem_key"], row["request_hash"], row["status"],
+                    bytes(row["body"]),
+                )
+                prefetched.idempotency[(record.partner_id, record.idem_key)] = record
+        if external_refs:
+            rows = await self._conn.fetch(
+                _PREFETCH_REFS, self._shard_id,
+                [r[0] for r in external_refs], [r[1] for r in external_refs],
+            )
+            prefetched.external_refs = {(row[0], row[1]) for row in rows}
+        return prefetched
+
+    async def write(self, diff: Diff) -> None:
+        await self._conn.execute(_WRITE, *_write_args(self._shard_id, diff))
+
+
+class ShardStore:
+    """Everything a shard core asks of Postgres. One instance per shard-host process."""
+
+    def __init__(self, pool: asyncpg.Pool, owner: str) -> None:
+        self.pool = pool
+        self.owner = owner
+
+    async def acquire_lease(self, shard_id: int) -> tuple[int, int]:
+        """Take the shard: epoch + 1 (Postgres decides). Returns (epoch, next_seq)."""
+        row = await self.pool.fetchrow(
+            "UPDATE shard_lease SET owner = $2, epoch = epoch + 1, renewed_at = now() "
+            "WHERE shard_id = $1 RETURNING epoch, next_seq",
+            shard_id, self.owner,
+        )
+        if row is None:
+            raise LookupError(f"shard {shard_id} has no lease row: is the database initialised?")
+        return int(row["epoch"]), int(row["next_seq"])
+
+    async def load(self, shard_id: int, next_seq: int) -> ShardState:
+        state = ShardState(shard_id, next_seq)
+        async with self.pool.acquire() as conn, conn.transaction(readonly=True):
+            async for row in conn.cursor(
+                "SELECT state FROM customers WHERE shard_id = $1", shard_id,
+                prefetch=LOAD_PAGE_ROWS,
+            ):
+                customer = _CUSTOMER.decode(row[0])
+                state.customers[customer.customer_id] = customer
+                state.customer_by_hash[customer.id_hash] = customer.customer_id
+            async for row in conn.cursor(
+                "SELECT state FROM applications WHERE shard_id = $1", shard_id,
+                prefetch=LOAD_PAGE_ROWS,
+            ):
+                app = _APPLICATION.decode(row[0])
+                state.applications[app.application_id] = app
+                state.application_by_ref[(app.partner_id, app.partner_application_id)] = (
+                    app.application_id
+                )
+            async for row in conn.cursor(
+                "SELECT state FROM loans WHERE shard_id = $1", shard_id, prefetch=LOAD_PAGE_ROWS
+            ):
+                loan = _LOAN.decode(row[0])
+                state.loans[loan.loan_id] = loan
+        return state
+
+    @asynccontextmanager
+    async def transaction(self, shard_id: int, epoch: int) -> AsyncIterator[ShardTransaction]:
+        """BEGIN, fence, yield; COMMIT on normal exit, ROLLBACK on any exception."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            status = await conn.execute(_FENCE, shard_id, epoch)
+            if status != "UPDATE 1":
+                raise LeaseLost(f"shard {shard_id}: epoch {epoch} is no longer the owner")
+            yield ShardTransaction(conn, shard_id)

@@ -1,0 +1,135 @@
+"""A whole running system for the integration tests: a fresh Postgres database on the
+machine's server, a private Redis key prefix, a local Ray, shard hosts and both gateways
+on free ports, exactly as `lendcore up` builds them (cluster.system.System)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+import uuid
+from collections.abc import Coroutine, Iterator
+from typing import Any, TypeVar
+
+import asyncpg
+import pytest
+import ray
+import uvloop
+from conftest_redis import REDIS_URL, delete_keys_with_prefix
+
+from cluster.config import Settings, load_settings
+from cluster.system import System
+from loadtests.client import PartnerClient
+
+ADMIN_DSN = os.environ.get("LENDCORE_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/test")
+BUSINESS_DATE = "2026-11-29"
+T = TypeVar("T")
+
+
+def _dsn_for(database: str) -> str:
+    base, _, _ = ADMIN_DSN.rpartition("/")
+    return f"{base}/{database}"
+
+
+def create_database() -> tuple[str, str]:
+    name = f"lendcore_test_{uuid.uuid4().hex[:12]}"
+
+    async def create() -> None:
+        conn = await asyncpg.connect(ADMIN_DSN)
+        try:
+            await conn.execute(f'CREATE DATABASE "{name}"')
+        finally:
+            await conn.close()
+
+    asyncio.run(create())
+    return name, _dsn_for(name)
+
+
+def drop_database(name: str) -> None:
+    async def drop() -> None:
+        conn = await asyncpg.connect(ADMIN_DSN)
+        try:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await conn.close()
+
+    asyncio.run(drop())
+
+
+def test_settings(pg_dsn: str, prefix: str, **extra_env: str) -> Settings:
+    environ = {
+        "LENDCORE_PG_DSN": pg_dsn,
+        "LENDCORE_REDIS_URL": REDIS_URL,
+        "LENDCORE_REDIS_PREFIX": prefix,
+        "LENDCORE_API_PORT": "0",
+        "LENDCORE_OPS_PORT": "0",
+        "LENDCORE_BUSINESS_DATE": BUSINESS_DATE,
+        **extra_env,
+    }
+    return load_settings(environ=environ)
+
+
+class RunningSystem:
+    """A System served from its own uvloop in a background thread."""
+
+    def __init__(self, settings: Settings, pg_dsn: str) -> None:
+        self.system = System(settings, pg_dsn, settings.redis.url)
+        self.loop = uvloop.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+
+    def start(self) -> RunningSystem:
+        self.thread.start()
+        self.run(self.system.start())
+        return self
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout_s: float = 180) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout_s)
+
+    def stop(self) -> None:
+        self.run(self.system.stop())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+    def client(self, partner: str = "demo") -> PartnerClient:
+        return PartnerClient(self.system.api_url, partner)
+
+    def pg(self) -> asyncpg.Pool:
+        assert self.system._pool is not None
+        return self.system._pool
+
+
+@pytest.fixture(scope="session")
+def ray_cluster() -> Iterator[None]:
+    ray.init(
+        num_cpus=2, object_store_memory=96 * 1024 * 1024, include_dashboard=False,
+        namespace=f"lendcore-test-{uuid.uuid4().hex[:8]}", log_to_driver=False,
+    )
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def system(ray_cluster: None) -> Iterator[RunningSystem]:
+    name, dsn = create_database()
+    prefix = f"lendcore-test-{uuid.uuid4().hex}:"
+    running = RunningSystem(test_settings(dsn, prefix), dsn).start()
+    try:
+        yield running
+    finally:
+        running.stop()
+        drop_database(name)
+        delete_keys_with_prefix(prefix)
+
+
+@pytest.fixture
+def demo(system: RunningSystem) -> Iterator[PartnerClient]:
+    client = system.client("demo")
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def demo2(system: RunningSystem) -> Iterator[PartnerClient]:
+    client = system.client("demo2")
+    yield client
+    client.close()
