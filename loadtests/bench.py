@@ -1,0 +1,318 @@
+"""`lendcore bench`: the spine's figures, each with its ratio to a baseline of the same run.
+
+1. baseline: a hello-world ASGI app on the same server stack, same load generator;
+2. `lendcore up` in a subprocess (fresh database, own Redis prefix, free ports) — the time
+   to its `ready` line is `up_ready_s`;
+3. seed loans through the partner API (application + booking each);
+4. single-request repayments, closed loop over 64 connections: `repay_rps`, `p50_ms`,
+   `p99_ms`, `repay_ratio` = repay_rps / baseline_rps;
+5. the same paced open-loop at 2,000/s: `p99_at_2000_ms`;
+6. batch repayments, 1,000 items per request: `batch_rps` (items committed per second);
+7. the trial balance must balance; SIGTERM must stop the system with exit code 0.
+The last line printed is `key=value` pairs. Targets are reported, not asserted: the exit
+code is non-zero only when something went wrong (unexpected statuses, unbalanced books, a
+failed start or stop).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from contextlib import ExitStack
+from datetime import date, timedelta
+from pathlib import Path
+
+import asyncpg
+import httpx
+import msgspec
+import uvloop
+
+from cluster.config import PROJECT_ROOT, load_settings
+from cluster.services import start_embedded_postgres, start_embedded_redis
+from gateway.signing import signed_headers
+from lending.identity import make_id_number
+from loadtests.httpload import Connection, LoadResult, build_request, run_load
+
+PARTNER = "demo"
+SECRET = b"demo-secret-change-me"
+ADMIN_TOKEN = "dev-admin-token-change-me"
+CONNECTIONS = 64
+BATCH_ITEMS = 1000
+BATCH_CONNECTIONS = 4
+PACED_RATE = 2000.0
+REPAY_AMOUNT = 100  # fen: small, so a loan takes thousands of repayments before it is paid
+READY_TIMEOUT_S = 180
+SEED_CONNECTIONS = 32
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _signed(method: str, path: str, body: bytes, host: str, key: str | None) -> bytes:
+    headers = signed_headers(PARTNER, SECRET, method, path, body, int(time.time()),
+                             idempotency_key=key)
+    return build_request(method, path, host, headers, body)
+
+
+# ---- phases ---------------------------------------------------------------------------------
+
+
+def _wait_http_ok(url: str, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"{url} did not answer 200 within {timeout_s} s")
+
+
+def measure_baseline(duration_s: float) -> LoadResult:
+    port = _free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "loadtests.hello:app", "--port", str(port),
+         "--loop", "uvloop", "--http", "httptools", "--no-access-log", "--log-level", "warning",
+         "--backlog", "4096"],
+        cwd=PROJECT_ROOT,
+    )
+    try:
+        _wait_http_ok(f"http://127.0.0.1:{port}/", 30)
+        request = build_request("GET", "/", f"127.0.0.1:{port}", {}, b"")
+        return uvloop.run(run_load(
+            "127.0.0.1", port, lambda: request, connections=CONNECTIONS, duration_s=duration_s
+        ))
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
+async def seed_loans(host: str, port: int, count: int) -> list[str]:
+    """Applications and bookings through the partner API, SEED_CONNECTIONS at a time."""
+    counter = itertools.count()
+    loans: list[str] = []
+    hostport = f"{host}:{port}"
+
+    async def worker() -> None:
+        conn = await Connection.open(host, port)
+        try:
+            while (i := next(counter)) < count:
+                birth = date(1975, 1, 1) + timedelta(days=i // 800)
+                body = msgspec.json.encode({
+                    "partner_application_id": f"bench-{uuid.uuid4().hex}",
+                    "product_code": "CASH_EI_12", "amount": 1_000_000, "term": 12,
+                    "applicant": {"name": "张三", "id_number": make_id_number(
+                        "110105", birth, 100 + i % 800), "phone": "13800138000",
+                        "monthly_income": 1_200_000, "region_code": "330100"},
+                    "device": {"device_id": f"bench-{i}", "ip": "10.0.0.1"},
+                    "purpose": "consumption",
+                })
+                status, reply = await conn.request(
+                    _signed("POST", "/v1/applications", body, hostport, uuid.uuid4().hex))
+                application = json.loads(reply)
+                if status != 201 or application["status"] != "approved":
+                    raise RuntimeError(f"seeding: application answered {status} {reply[:200]!r}")
+                body = msgspec.json.encode({"application_id": application["application_id"]})
+                status, reply = await conn.request(
+                    _signed("POST", "/v1/loans", body, hostport, uuid.uuid4().hex))
+                if status != 201:
+                    raise RuntimeError(f"seeding: booking answered {status} {reply[:200]!r}")
+                loans.append(json.loads(reply)["loan_id"])
+        finally:
+            conn.close()
+
+    await asyncio.gather(*(worker() for _ in range(SEED_CONNECTIONS)))
+    return loans
+
+
+def repayment_factory(loans: list[str], hostport: str, run_id: str):  # type: ignore[no-untyped-def]
+    counter = itertools.count()
+
+    def next_request() -> bytes:
+        n = next(counter)
+        path = f"/v1/loans/{loans[n % len(loans)]}/repayments"
+        body = b'{"amount":%d,"external_ref":"%s-%d","kind":"regular"}' % (
+            REPAY_AMOUNT, run_id.encode(), n)
+        return _signed("POST", path, body, hostport, f"{run_id}-{n}")
+
+    return next_request
+
+
+def batch_factory(loans: list[str], hostport: str, run_id: str):  # type: ignore[no-untyped-def]
+    counter = itertools.count()
+
+    def next_request() -> bytes:
+        n = next(counter)
+        items = [
+            {"loan_id": loans[(n * BATCH_ITEMS + i) % len(loans)], "amount": REPAY_AMOUNT,
+             "external_ref": f"{run_id}-b{n}-{i}", "kind": "regular"}
+            for i in range(BATCH_ITEMS)
+        ]
+        body = msgspec.json.encode({"items": items})
+        return _signed("POST", "/v1/repayments/batch", body, hostport, f"{run_id}-b{n}")
+
+    return next_request
+
+
+class BatchCounter:
+    def __init__(self) -> None:
+        self.items_ok = 0
+        self.items_failed = 0
+        self.decoder = msgspec.json.Decoder()
+
+    def __call__(self, status: int, body: bytes) -> None:
+        if status != 200:
+            return
+        for result in self.decoder.decode(body)["results"]:
+            if result["status"] == 201:
+                self.items_ok += 1
+            else:
+                self.items_failed += 1
+
+
+async def load_phases(
+    api_port: int, loans_wanted: int, duration_s: float
+) -> dict[str, float | int]:
+    host, hostport = "127.0.0.1", f"127.0.0.1:{api_port}"
+    started = time.perf_counter()
+    loans = await seed_loans(host, api_port, loans_wanted)
+    seed_s = time.perf_counter() - started
+    run_id = uuid.uuid4().hex[:8]
+    single = await run_load(
+        host, api_port, repayment_factory(loans, hostport, run_id + "s"),
+        connections=CONNECTIONS, duration_s=duration_s,
+    )
+    paced = await run_load(
+        host, api_port, repayment_factory(loans, hostport, run_id + "p"),
+        connections=CONNECTIONS, duration_s=duration_s, rate_per_s=PACED_RATE,
+    )
+    counter = BatchCounter()
+    batch = await run_load(
+        host, api_port, batch_factory(loans, hostport, run_id), connections=BATCH_CONNECTIONS,
+        duration_s=duration_s, on_response=counter,
+    )
+    return {
+        "loans": len(loans),
+        "seed_s": seed_s,
+        "repay_rps": single.rps,
+        "p50_ms": single.percentile_ms(0.50),
+        "p99_ms": single.percentile_ms(0.99),
+        "paced_rps": paced.rps,
+        "p99_at_2000_ms": paced.percentile_ms(0.99),
+        "batch_rps": counter.items_ok / batch.elapsed_s,
+        "errors": single.errors + paced.errors + batch.errors + counter.items_failed,
+    }
+
+
+# ---- the system under test -----------------------------------------------------------------
+
+
+def _services(stack: ExitStack, workdir: Path) -> tuple[str, str]:
+    """A fresh database on the configured Postgres, or an embedded one; same for Redis."""
+    settings = load_settings()
+    redis_url = settings.redis.url
+    if not redis_url:
+        redis_url = stack.enter_context(start_embedded_redis(workdir)).url
+    if not settings.storage.pg_dsn:
+        return stack.enter_context(start_embedded_postgres(workdir, "bench")).url, redis_url
+    admin = settings.storage.pg_dsn
+    name = f"lendcore_bench_{uuid.uuid4().hex[:10]}"
+
+    async def run_sql(sql: str) -> None:
+        conn = await asyncpg.connect(admin)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    asyncio.run(run_sql(f'CREATE DATABASE "{name}"'))
+    stack.callback(lambda: asyncio.run(run_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')))
+    base, _, _ = admin.partition("?")[0].rpartition("/")
+    query = admin.partition("?")[2]
+    return f"{base}/{name}" + (f"?{query}" if query else ""), redis_url
+
+
+def _start_system(
+    stack: ExitStack, config_file: Path | None, pg_dsn: str, redis_url: str, workdir: Path
+) -> tuple[subprocess.Popen[str], int, int, float]:
+    api_port, ops_port = _free_port(), _free_port()
+    env = dict(os.environ)
+    env.update({
+        "LENDCORE_PG_DSN": pg_dsn, "LENDCORE_REDIS_URL": redis_url,
+        "LENDCORE_REDIS_PREFIX": f"lendcore-bench-{uuid.uuid4().hex[:8]}:",
+        "LENDCORE_API_PORT": str(api_port), "LENDCORE_OPS_PORT": str(ops_port),
+        "LENDCORE_DATA_DIR": str(workdir / "data"),
+    })
+    command = [sys.executable, "-m", "cluster.cli", "up"]
+    if config_file is not None:
+        command += ["--config", str(config_file)]
+    started = time.monotonic()
+    process = subprocess.Popen(
+        command, cwd=PROJECT_ROOT, env=env, stdout=subprocess.PIPE, text=True,
+        stderr=open(workdir / "up.log", "w"),  # noqa: SIM115 - closed with the process
+    )
+    stack.callback(lambda: process.poll() is None and process.kill())
+    assert process.stdout is not None
+    line = process.stdout.readline()
+    if not line.startswith("ready "):
+        tail = (workdir / "up.log").read_text()[-3000:]
+        raise RuntimeError(f"lendcore up did not become ready: {line!r}\n{tail}")
+    return process, api_port, ops_port, time.monotonic() - started
+
+
+def _trial_balance_ok(ops_port: int) -> bool:
+    reply = httpx.get(
+        f"http://127.0.0.1:{ops_port}/ops/ledger/trial-balance",
+        headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=30,
+    )
+    body = reply.json()
+    return reply.status_code == 200 and body["total_debit"] == body["total_credit"] > 0
+
+
+def _stop(process: subprocess.Popen[str]) -> int:
+    process.send_signal(signal.SIGTERM)
+    return process.wait(60)
+
+
+def run_bench(
+    config_file: Path | None, *, quick: bool, loans: int | None, duration: float | None
+) -> int:
+    loans_wanted = loans or (400 if quick else 20000)
+    duration_s = duration or (3.0 if quick else 15.0)
+    baseline = measure_baseline(duration_s)
+    print(f"baseline_rps={baseline.rps:.0f}", flush=True)
+    with ExitStack() as stack, tempfile.TemporaryDirectory(prefix="lendcore-bench-") as tmp:
+        workdir = Path(tmp)
+        pg_dsn, redis_url = _services(stack, workdir)
+        process, api_port, ops_port, ready_s = _start_system(
+            stack, config_file, pg_dsn, redis_url, workdir
+        )
+        print(f"up_ready_s={ready_s:.1f}", flush=True)
+        figures = uvloop.run(load_phases(api_port, loans_wanted, duration_s))
+        balanced = _trial_balance_ok(ops_port)
+        exit_code = _stop(process)
+    figures.update({
+        "repay_ratio": figures["repay_rps"] / baseline.rps,
+        "baseline_rps": baseline.rps,
+        "up_ready_s": ready_s,
+    })
+    order = ["repay_rps", "repay_ratio", "batch_rps", "p50_ms", "p99_ms", "p99_at_2000_ms",
+             "paced_rps", "baseline_rps", "up_ready_s", "loans", "seed_s", "errors"]
+    parts = [f"{k}={figures[k]:.3f}" if k == "repay_ratio" else f"{k}={figures[k]:.1f}"
+             if isinstance(figures[k], float) else f"{k}={figures[k]}" for k in order]
+    parts += [f"balanced={str(balanced).lower()}", f"up_exit={exit_code}"]
+    print(" ".join(parts), flush=True)
+    return 0 if balanced and exit_code == 0 and figures["errors"] == 0 else 1
