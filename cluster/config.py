@@ -19,7 +19,7 @@ DEFAULT_CONFIG = PROJECT_ROOT / "config" / "default.toml"
 
 class StorageSettings(msgspec.Struct, forbid_unknown_fields=True):
     pg_dsn: str = ""
-    pool_size_per_host: int = 6
+    pool_size_per_host: int = 8
     pool_size_gateway: int = 4
 
 

@@ -31,6 +31,7 @@ from gateway.ops_api import Operator, OpsApi, common_endpoints
 from gateway.partner_api import PartnerApi
 from gateway.pii import PiiVault
 from gateway.ratelimit import RateLimiter
+from gateway.redis_batch import ScriptBatcher
 from gateway.router import HostChannel, ShardRouter
 from lending.decision import RiskPolicy
 from lending.products import load_catalog
@@ -167,13 +168,14 @@ class System:
         vault = PiiVault(
             bytes.fromhex(s.security.pii_key_hex), bytes.fromhex(s.security.hash_key_hex)
         )
+        batcher = ScriptBatcher(self._redis)
         partner = PartnerApi(
             secrets=load_partner_secrets(s.resolve_path(s.paths.partners_file)),
             guard=RedisGuard(
                 self._redis, s.redis.key_prefix, s.gateway.nonce_ttl_s,
-                response_ttl_s=s.gateway.idempotency_ttl_s,
+                response_ttl_s=s.gateway.idempotency_ttl_s, batcher=batcher,
             ),
-            limiter=RateLimiter(self._redis, s.redis.key_prefix),
+            limiter=RateLimiter(self._redis, s.redis.key_prefix, batcher),
             router=self.router,
             vault=vault,
             catalog=load_catalog(s.resolve_path(s.paths.products_dir), s.risk.apr_cap_bps),

@@ -14,10 +14,13 @@ Redis errors propagate unchanged: the caller answers 503, and the request has ha
 from __future__ import annotations
 
 import logging
-from typing import Literal
+from typing import Any, Literal
 
 import msgspec
 import redis.asyncio
+from redis.commands.core import AsyncScript
+
+from gateway.redis_batch import ScriptBatcher
 
 logger = logging.getLogger(__name__)
 
@@ -98,8 +101,10 @@ class RedisGuard:
         nonce_ttl_s: int = NONCE_TTL_S_DEFAULT,
         inflight_ttl_s: int = INFLIGHT_TTL_S_DEFAULT,
         response_ttl_s: int = RESPONSE_TTL_S_DEFAULT,
+        batcher: ScriptBatcher | None = None,
     ) -> None:
         _require_raw_bytes(redis)
+        self._batcher = batcher
         if min(nonce_ttl_s, inflight_ttl_s, response_ttl_s) <= 0:
             raise ValueError("guard TTLs must be positive")
         self._prefix = prefix
@@ -117,7 +122,7 @@ class RedisGuard:
         if idempotency_key is not None:
             keys.append(self.idempotency_key(partner_id, idempotency_key))
         args: list[int | str] = [self._nonce_ttl_s, self._inflight_ttl_s, request_hash]
-        reply = await self._admit_script(keys=keys, args=args)
+        reply = await self._run(self._admit_script, keys, args)
         return _admission_from_reply(reply)
 
     async def complete(
@@ -125,7 +130,7 @@ class RedisGuard:
     ) -> None:
         key = self.idempotency_key(partner_id, idempotency_key)
         args: list[str | int | bytes] = [request_hash, status, body, self._response_ttl_s]
-        reply = await self._complete_script(keys=[key], args=args)
+        reply = await self._run(self._complete_script, [key], args)
         if reply != b"stored":
             # Not an error for this request (its effect happened and its response is returned),
             # but it means a request outlived inflight_ttl_s: worth an operator's attention.
@@ -138,7 +143,12 @@ class RedisGuard:
 
     async def abandon(self, partner_id: str, idempotency_key: str, request_hash: str) -> None:
         key = self.idempotency_key(partner_id, idempotency_key)
-        await self._abandon_script(keys=[key], args=[request_hash])
+        await self._run(self._abandon_script, [key], [request_hash])
+
+    async def _run(self, script: AsyncScript, keys: list[str], args: list[Any]) -> Any:
+        if self._batcher is not None:
+            return await self._batcher.run(script, keys, args)
+        return await script(keys=keys, args=args)
 
     def nonce_key(self, partner_id: str, nonce: str) -> str:
         _require_plain_partner_id(partner_id)

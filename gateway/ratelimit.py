@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import redis.asyncio
 
+from gateway.redis_batch import ScriptBatcher
+
 # KEYS[1] bucket. ARGV[1] rate per s, ARGV[2] burst, ARGV[3] now ms.
 # State {t: tokens, ts: ms of last refill}. Returns {allowed 0|1, retry_after_s as string}
 # (a Lua number would be truncated to an integer reply).
@@ -39,8 +41,11 @@ return {allowed, string.format('%.17g', retry_after_s)}
 
 
 class RateLimiter:
-    def __init__(self, redis: redis.asyncio.Redis, prefix: str) -> None:
+    def __init__(
+        self, redis: redis.asyncio.Redis, prefix: str, batcher: ScriptBatcher | None = None
+    ) -> None:
         self._prefix = prefix
+        self._batcher = batcher
         self._script = redis.register_script(_TOKEN_BUCKET_LUA)
 
     async def allow(
@@ -52,5 +57,8 @@ class RateLimiter:
         key = f"{self._prefix}rate:{partner_id}"
         # repr keeps every digit of the float; str(int) is exact.
         args = [repr(float(rate_per_s)), str(burst), str(now_ms)]
-        allowed, retry_after_s = await self._script(keys=[key], args=args)
+        if self._batcher is not None:
+            allowed, retry_after_s = await self._batcher.run(self._script, [key], args)
+        else:
+            allowed, retry_after_s = await self._script(keys=[key], args=args)
         return allowed == 1, float(retry_after_s)

@@ -1,0 +1,433 @@
+"""POST/GET /v1/applications over HTTP against a whole running system (API.md, DOMAIN.md §6).
+
+Expected values are written out from API.md's example and sandbox conventions, never read
+back from the code under test. Every applicant gets a fresh ID number so that customers
+(and their limits) of different tests never meet.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import uuid
+from datetime import date, timedelta
+from typing import Any
+
+import httpx
+import pytest
+from factories import application
+
+from lending.identity import make_id_number
+from loadtests.client import PartnerClient
+
+BUSINESS_DATE = date(2026, 11, 29)
+_rng = random.Random(uuid.uuid4().int)
+
+
+# ---- helpers --------------------------------------------------------------------------------
+
+
+def fresh_id(birth: date | None = None, sequence: int | None = None) -> str:
+    """A valid ID number nobody else in the session uses (random birth date 1975–1999)."""
+    if birth is None:
+        birth = date(1975, 1, 1) + timedelta(days=_rng.randrange(365 * 25))
+    if sequence is None:
+        sequence = _rng.randrange(100, 900)
+    return make_id_number("110105", birth, sequence)
+
+
+def with_bad_check_digit(id_no: str) -> str:
+    wrong = next(c for c in "0123456789X" if c != id_no[-1])
+    return id_no[:-1] + wrong
+
+
+def app_body(**kwargs: Any) -> dict[str, Any]:
+    """An application body with a fresh applicant, device and IP (velocity never trips)."""
+    kwargs.setdefault("id_no", fresh_id())
+    body = application(**kwargs)
+    body["device"] = {
+        "device_id": f"d-{uuid.uuid4().hex}",
+        "ip": f"10.{_rng.randrange(256)}.{_rng.randrange(256)}.{_rng.randrange(1, 255)}",
+    }
+    return body
+
+
+def assert_error(
+    response: httpx.Response, status: int, code: str, field: str | None = None
+) -> dict[str, Any]:
+    """API.md "Errors": {"error": {"code", "message", "field"?}}."""
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body) == {"error"}, body
+    error = body["error"]
+    assert set(error) <= {"code", "message", "field"}, error
+    assert error["code"] == code, error
+    assert isinstance(error["message"], str) and error["message"], error
+    if field is not None:
+        assert error.get("field") == field, error
+    return error
+
+
+def submit(client: PartnerClient, body: dict[str, Any]) -> dict[str, Any]:
+    response = client.post("/v1/applications", body)
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+def decision_subset(decision: dict[str, Any], expected: dict[str, Any]) -> dict[str, Any]:
+    return {key: decision.get(key) for key in expected}
+
+
+# ---- approval -------------------------------------------------------------------------------
+
+
+def test_approval_has_the_shape_of_the_api_example(demo: PartnerClient) -> None:
+    body = app_body(amount=1_000_000, term=12, product="CASH_EI_12", income=1_200_000)
+    response = demo.post("/v1/applications", body)
+
+    assert response.status_code == 201, response.text
+    assert response.headers["content-type"].startswith("application/json")
+    got = response.json()
+    assert got["status"] == "approved"
+    assert isinstance(got["application_id"], str) and got["application_id"]
+    assert isinstance(got["customer_id"], str) and got["customer_id"]
+    assert got["application_id"] != got["customer_id"]
+    assert got["created_on"] == "2026-11-29"
+    expected = {
+        "reasons": [], "approved_amount": 1_000_000, "annual_rate_bps": 1800,
+        "apr_bps": 1800, "term": 12, "credit_limit": 3_000_000, "expires_on": "2026-12-06",
+    }
+    assert decision_subset(got["decision"], expected) == expected
+    # expires_on = business date + 7 days (the offer validity of the sandbox)
+    assert date.fromisoformat(got["decision"]["expires_on"]) == BUSINESS_DATE + timedelta(7)
+
+
+@pytest.mark.parametrize(
+    ("income", "limit"),
+    [
+        (1_200_000, 3_000_000),    # API.md's example
+        (1_234_567, 3_080_000),    # 3,086,417.5 floored to 10,000 fen
+        (1_000_000, 2_500_000),    # the minimum income
+        (9_000_000, 20_000_000),   # 22,500,000 capped at 20,000,000
+    ],
+)
+def test_credit_limit_is_income_times_250_percent_floored_and_capped(
+    demo: PartnerClient, income: int, limit: int
+) -> None:
+    got = submit(demo, app_body(amount=1_000_000, income=income))
+    assert got["status"] == "approved", got
+    assert got["decision"]["credit_limit"] == limit
+
+
+def test_other_products_and_terms_are_approved_with_their_own_terms(
+    demo: PartnerClient,
+) -> None:
+    got = submit(demo, app_body(product="CASH_BL_3", term=3, amount=500_000))
+    assert got["status"] == "approved", got
+    assert got["decision"]["term"] == 3
+    assert got["decision"]["approved_amount"] == 500_000
+    assert got["decision"]["annual_rate_bps"] == 1800
+
+    got = submit(demo, app_body(product="INST_FEE_12", term=6, amount=600_000,
+                                merchant_id="M-shop-1"))
+    assert got["status"] == "approved", got
+    assert got["decision"]["term"] == 6
+    assert got["decision"]["annual_rate_bps"] == 0
+    # installment_fee: the fee is the cost, so the APR is positive and under the 2400 cap
+    assert 0 < got["decision"]["apr_bps"] <= 2400
+
+
+# ---- declines and manual review ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("case", "status", "reasons"),
+    [
+        ("bad_check_digit", "declined", ["id_checksum"]),
+        ("born_1960", "declined", ["age_out_of_range"]),
+        ("born_2010", "declined", ["age_out_of_range"]),
+        ("aged_21_tomorrow_22", "declined", ["age_out_of_range"]),
+        ("aged_56_today", "declined", ["age_out_of_range"]),
+        ("aged_22_today", "approved", []),
+        ("aged_55_until_tomorrow", "approved", []),
+        ("sequence_900", "declined", ["bureau_bad"]),
+        ("sequence_999", "declined", ["bureau_bad"]),
+        ("sequence_899", "approved", []),
+        ("income_999_999", "declined", ["income_low"]),
+        ("amount_over_5m", "manual_review", ["amount_review"]),
+        ("amount_exactly_5m", "approved", []),
+        ("amount_over_limit", "declined", ["limit_exceeded"]),
+        ("amount_exactly_limit", "approved", []),
+    ],
+)
+def test_decision_rules_of_the_sandbox(
+    demo: PartnerClient, case: str, status: str, reasons: list[str]
+) -> None:
+    kwargs: dict[str, Any] = {"amount": 1_000_000, "income": 1_200_000}
+    match case:
+        case "bad_check_digit":
+            kwargs["id_no"] = with_bad_check_digit(fresh_id())
+        case "born_1960":
+            kwargs["id_no"] = fresh_id(birth=date(1960, 5, 17))
+        case "born_2010":
+            kwargs["id_no"] = fresh_id(birth=date(2010, 5, 17))
+        case "aged_21_tomorrow_22":
+            kwargs["id_no"] = fresh_id(birth=date(2004, 11, 30))
+        case "aged_56_today":
+            kwargs["id_no"] = fresh_id(birth=date(1970, 11, 29))
+        case "aged_22_today":
+            kwargs["id_no"] = fresh_id(birth=date(2004, 11, 29))
+        case "aged_55_until_tomorrow":
+            kwargs["id_no"] = fresh_id(birth=date(1970, 11, 30))
+        case "sequence_900":
+            kwargs["id_no"] = fresh_id(sequence=900)
+        case "sequence_999":
+            kwargs["id_no"] = fresh_id(sequence=999)
+        case "sequence_899":
+            kwargs["id_no"] = fresh_id(sequence=899)
+        case "income_999_999":
+            kwargs["income"] = 999_999
+        case "amount_over_5m":
+            kwargs.update(amount=5_000_001, income=4_000_000)  # limit 10,000,000
+        case "amount_exactly_5m":
+            kwargs.update(amount=5_000_000, income=4_000_000)
+        case "amount_over_limit":
+            kwargs["amount"] = 3_000_001  # limit 3,000,000 for income 1,200,000
+        case "amount_exactly_limit":
+            kwargs["amount"] = 3_000_000
+    response = demo.post("/v1/applications", app_body(**kwargs))
+
+    assert response.status_code == 201, response.text
+    got = response.json()
+    assert got["status"] == status, got
+    assert got["decision"]["reasons"] == reasons
+    if status == "declined":
+        assert got["decision"].get("approved_amount") is None
+    else:
+        assert got["decision"]["approved_amount"] == kwargs["amount"]
+
+
+def test_a_declined_application_is_readable_with_its_reasons(demo: PartnerClient) -> None:
+    got = submit(demo, app_body(id_no=fresh_id(sequence=950)))
+    assert got["status"] == "declined"
+    read = demo.get(f"/v1/applications/{got['application_id']}")
+    assert read.status_code == 200, read.text
+    assert read.json()["status"] == "declined"
+    assert read.json()["decision"]["reasons"] == ["bureau_bad"]
+
+
+# ---- 400 invalid_request ---------------------------------------------------------------------
+
+
+def _mutate(case: str, body: dict[str, Any]) -> dict[str, Any]:
+    match case:
+        case "unknown_top_level":
+            body["x"] = 1
+        case "unknown_nested":
+            body["applicant"]["x"] = 1
+        case "missing_top_level":
+            del body["purpose"]
+        case "missing_nested":
+            del body["applicant"]["phone"]
+        case "amount_string":
+            body["amount"] = "100"
+        case "amount_float":
+            body["amount"] = 1.5
+        case "amount_zero":
+            body["amount"] = 0
+        case "term_string":
+            body["term"] = "12"
+        case "id_short":
+            body["applicant"]["id_number"] = body["applicant"]["id_number"][:17]
+        case "id_long":
+            body["applicant"]["id_number"] = body["applicant"]["id_number"] + "1"
+        case "id_letters":
+            body["applicant"]["id_number"] = "11010519900307ABCD"
+        case "id_bad_birth_date":
+            body["applicant"]["id_number"] = "110105" + "19901301" + "123" + "0"  # month 13
+        case "phone_short":
+            body["applicant"]["phone"] = "1380013800"
+        case "phone_landline":
+            body["applicant"]["phone"] = "01012345678"
+        case "region_code":
+            body["applicant"]["region_code"] = "33010"
+        case "unknown_product":
+            body["product_code"] = "NO_SUCH_PRODUCT"
+        case "amount_below_product":
+            body["amount"] = 99_999
+        case "amount_above_product":
+            body["amount"] = 20_000_001
+        case "term_not_allowed":
+            body["term"] = 5
+        case "inst_fee_without_merchant":
+            body["product_code"] = "INST_FEE_12"
+            body["merchant_id"] = None
+    return body
+
+
+@pytest.mark.parametrize(
+    ("case", "field"),
+    [
+        ("unknown_top_level", "x"),
+        ("unknown_nested", "applicant.x"),
+        ("missing_top_level", "purpose"),
+        ("missing_nested", "applicant.phone"),
+        ("amount_string", "amount"),
+        ("amount_float", "amount"),
+        ("amount_zero", "amount"),
+        ("term_string", "term"),
+        ("id_short", "applicant.id_number"),
+        ("id_long", "applicant.id_number"),
+        ("id_letters", "applicant.id_number"),
+        ("id_bad_birth_date", "applicant.id_number"),
+        ("phone_short", "applicant.phone"),
+        ("phone_landline", "applicant.phone"),
+        ("region_code", "applicant.region_code"),
+        ("unknown_product", "product_code"),
+        ("amount_below_product", "amount"),
+        ("amount_above_product", "amount"),
+        ("term_not_allowed", "term"),
+        ("inst_fee_without_merchant", "merchant_id"),
+    ],
+)
+def test_invalid_application_is_400_naming_the_field(
+    demo: PartnerClient, case: str, field: str
+) -> None:
+    body = _mutate(case, app_body())
+    response = demo.post("/v1/applications", body)
+    assert_error(response, 400, "invalid_request", field)
+
+    # A request that failed changed nothing: the partner_application_id is still free.
+    fixed = app_body()
+    fixed["partner_application_id"] = body["partner_application_id"]
+    assert submit(demo, fixed)["status"] == "approved"
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [b'{"partner_application_id": "A-1", ', b"not json", b"", b"[]", b"null",
+     '{"amount": 1}'.encode("utf-16")],
+)
+def test_malformed_json_is_400(demo: PartnerClient, raw: bytes) -> None:
+    response = demo.request("POST", "/v1/applications", raw=raw)
+    assert_error(response, 400, "invalid_request")
+
+
+# ---- duplicates, reads, isolation ----------------------------------------------------------
+
+
+def test_duplicate_partner_application_id_of_the_same_applicant_is_409(
+    demo: PartnerClient, demo2: PartnerClient
+) -> None:
+    first_body = app_body()
+    first = submit(demo, first_body)
+
+    again = app_body(id_no=first_body["applicant"]["id_number"], amount=1_100_000)
+    again["partner_application_id"] = first_body["partner_application_id"]
+    response = demo.post("/v1/applications", again)  # new Idempotency-Key
+    assert_error(response, 409, "duplicate_application")
+
+    # The same reference of another partner is another application.
+    other = app_body(id_no=first_body["applicant"]["id_number"])
+    other["partner_application_id"] = first_body["partner_application_id"]
+    second = submit(demo2, other)
+    assert second["application_id"] != first["application_id"]
+    assert second["status"] == "approved"
+
+
+def test_duplicate_partner_application_id_is_409_whoever_the_applicant(
+    demo: PartnerClient,
+) -> None:
+    """partner_application_id is the partner's reference: unique per partner, whatever the
+    rest of the body (here another applicant, who lives in another shard)."""
+    first_body = app_body()
+    submit(demo, first_body)
+    for _ in range(3):  # three other applicants: at least one lives on another shard
+        again = app_body()
+        again["partner_application_id"] = first_body["partner_application_id"]
+        assert_error(demo.post("/v1/applications", again), 409, "duplicate_application")
+
+
+def test_get_application_returns_the_same_body(
+    demo: PartnerClient, demo2: PartnerClient
+) -> None:
+    created = submit(demo, app_body(amount=1_500_000))
+
+    response = demo.get(f"/v1/applications/{created['application_id']}")
+    assert response.status_code == 200, response.text
+    read = response.json()
+    for key in ("application_id", "customer_id", "status", "decision", "created_on"):
+        assert read[key] == created[key], key
+    assert read["decision"]["approved_amount"] == 1_500_000
+
+    # Another partner must not learn that it exists: 404, never 403.
+    assert_error(demo2.get(f"/v1/applications/{created['application_id']}"), 404, "not_found")
+
+
+@pytest.mark.parametrize(
+    "ident",
+    ["garbage", "AP-0001-9999999999", "AP-9999-0000000001", "LN-0001-0000000001",
+     "AP-00x1-0000000001", "%E5%BC%A0"],
+)
+def test_unknown_application_is_404(demo: PartnerClient, ident: str) -> None:
+    assert_error(demo.get(f"/v1/applications/{ident}"), 404, "not_found")
+
+
+def test_one_person_is_one_customer_across_applications_and_partners(
+    demo: PartnerClient, demo2: PartnerClient
+) -> None:
+    id_no = fresh_id()
+    first = submit(demo, app_body(id_no=id_no, amount=1_000_000))
+    second = submit(demo, app_body(id_no=id_no, amount=1_200_000))
+    assert second["customer_id"] == first["customer_id"]
+    assert second["application_id"] != first["application_id"]
+
+    customer_id = first["customer_id"]
+    assert demo.get(f"/v1/customers/{customer_id}").status_code == 200
+
+    # demo2 has not brought this customer yet: 404.
+    assert_error(demo2.get(f"/v1/customers/{customer_id}"), 404, "not_found")
+
+    via_demo2 = submit(demo2, app_body(id_no=id_no, amount=1_000_000))
+    assert via_demo2["customer_id"] == customer_id
+
+    response = demo2.get(f"/v1/customers/{customer_id}")
+    assert response.status_code == 200, response.text
+    customer = response.json()
+    assert customer["customer_id"] == customer_id
+    assert customer["credit_limit"] == 3_000_000
+    assert customer["available_limit"] == 3_000_000
+    assert customer["loan_ids"] == []
+    # Masked, never clear.
+    assert id_no not in response.text
+    assert customer["id_number_masked"] == id_no[:4] + "*" * 10 + id_no[-4:]
+    # demo still sees it too
+    assert demo.get(f"/v1/customers/{customer_id}").json()["customer_id"] == customer_id
+
+
+def test_lowercase_x_check_character_is_the_same_person(demo: PartnerClient) -> None:
+    id_no = next(
+        candidate
+        for candidate in (fresh_id() for _ in range(500))
+        if candidate.endswith("X")
+    )
+    upper = submit(demo, app_body(id_no=id_no))
+    lower = submit(demo, app_body(id_no=id_no.lower()))
+    assert lower["status"] == "approved", lower
+    assert lower["customer_id"] == upper["customer_id"]
+
+
+def test_application_bodies_carry_no_personal_data(demo: PartnerClient) -> None:
+    body = app_body()
+    response = demo.post("/v1/applications", body)
+    assert response.status_code == 201
+    text = response.text
+    assert body["applicant"]["id_number"] not in text
+    assert body["applicant"]["phone"] not in text
+    read = demo.get(f"/v1/applications/{response.json()['application_id']}").text
+    assert body["applicant"]["id_number"] not in read
+    assert body["applicant"]["phone"] not in read
+    # and JSON money is integers, never floats
+    assert not re.search(r'"(approved_amount|credit_limit)":\s*-?\d+\.\d', text)
+    json.loads(text)

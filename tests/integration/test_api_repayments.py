@@ -1,0 +1,470 @@
+"""Repayments, payoff, the customer view and batch repayments over HTTP (API.md, DOMAIN.md §3).
+
+Every loan is CASH_EI_12, 1,000,000 fen, 12 months at 1800 bps unless said otherwise, so
+its first installment is API.md's example: 76,680 principal + 15,000 interest = 91,680.
+"""
+
+from __future__ import annotations
+
+import random
+import uuid
+from datetime import date, timedelta
+from typing import Any
+
+import httpx
+import pytest
+from factories import application
+
+from lending.identity import make_id_number
+from loadtests.client import PartnerClient
+
+P = 1_000_000
+FIRST_PRINCIPAL = 76_680
+FIRST_INTEREST = 15_000
+FIRST_TOTAL = 91_680
+_rng = random.Random(uuid.uuid4().int)
+
+
+# ---- helpers --------------------------------------------------------------------------------
+
+
+def fresh_id() -> str:
+    birth = date(1975, 1, 1) + timedelta(days=_rng.randrange(365 * 25))
+    return make_id_number("110105", birth, _rng.randrange(100, 900))
+
+
+def ref() -> str:
+    return f"P-{uuid.uuid4().hex}"
+
+
+def assert_error(
+    response: httpx.Response, status: int, code: str, field: str | None = None
+) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body) == {"error"}, body
+    error = body["error"]
+    assert set(error) <= {"code", "message", "field"}, error
+    assert error["code"] == code, error
+    assert isinstance(error["message"], str) and error["message"], error
+    if field is not None:
+        assert error.get("field") == field, error
+    return error
+
+
+def new_loan(
+    client: PartnerClient, amount: int = P, id_no: str | None = None, **kwargs: Any
+) -> dict[str, Any]:
+    body = application(amount=amount, id_no=id_no or fresh_id(), **kwargs)
+    body["device"] = {
+        "device_id": f"d-{uuid.uuid4().hex}",
+        "ip": f"10.{_rng.randrange(256)}.{_rng.randrange(256)}.{_rng.randrange(1, 255)}",
+    }
+    app = client.post("/v1/applications", body)
+    assert app.status_code == 201 and app.json()["status"] == "approved", app.text
+    booked = client.post("/v1/loans", {"application_id": app.json()["application_id"]})
+    assert booked.status_code == 201, booked.text
+    return booked.json()
+
+
+def repay(
+    client: PartnerClient, loan_id: str, amount: Any, kind: str = "regular",
+    external_ref: str | None = None, key: str | None = None,
+) -> httpx.Response:
+    body = {"amount": amount, "external_ref": external_ref or ref(), "kind": kind}
+    return client.post(f"/v1/loans/{loan_id}/repayments", body, key=key)
+
+
+def get_loan(client: PartnerClient, loan_id: str) -> dict[str, Any]:
+    response = client.get(f"/v1/loans/{loan_id}")
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+ZERO_PAID = {"principal": 0, "interest": 0, "penalty": 0, "fee": 0}
+
+
+# ---- regular repayments ---------------------------------------------------------------------
+
+
+def test_regular_repayment_of_the_first_installment(demo: PartnerClient) -> None:
+    loan = new_loan(demo)
+    external_ref = ref()
+
+    response = repay(demo, loan["loan_id"], FIRST_TOTAL, external_ref=external_ref)
+
+    assert response.status_code == 201, response.text
+    body = response.json()
+    assert isinstance(body["repayment_id"], str) and body["repayment_id"]
+    assert body["loan_id"] == loan["loan_id"]
+    assert body["value_date"] == "2026-11-29"
+    assert body["allocation"] == {
+        "penalty": 0, "fee": 0, "interest": FIRST_INTEREST, "principal": FIRST_PRINCIPAL,
+    }
+    after = body["loan"]
+    assert after["loan_id"] == loan["loan_id"]
+    assert after["status"] == "active"
+    assert after["outstanding"]["principal"] == P - FIRST_PRINCIPAL == 923_320
+    first, second = after["schedule"][0], after["schedule"][1]
+    assert first["status"] == "paid"
+    assert first["paid"] == {
+        "principal": FIRST_PRINCIPAL, "interest": FIRST_INTEREST, "penalty": 0, "fee": 0,
+    }
+    assert second["status"] == "pending"
+    assert second["paid"] == ZERO_PAID
+    # The schedule itself is not rewritten by a regular repayment.
+    assert [(line["principal"], line["interest"]) for line in after["schedule"]] == [
+        (line["principal"], line["interest"]) for line in loan["schedule"]
+    ]
+    # The response's loan is what a GET shows.
+    assert get_loan(demo, loan["loan_id"]) == after
+
+
+def test_partial_payment_goes_to_interest_first(demo: PartnerClient) -> None:
+    loan = new_loan(demo)
+
+    response = repay(demo, loan["loan_id"], 10_000)
+    assert response.status_code == 201, response.text
+    body = response.json()
+    assert body["allocation"] == {"penalty": 0, "fee": 0, "interest": 10_000, "principal": 0}
+    first = body["loan"]["schedule"][0]
+    assert first["status"] == "pending"
+    assert first["paid"] == {"principal": 0, "interest": 10_000, "penalty": 0, "fee": 0}
+    assert body["loan"]["outstanding"]["principal"] == P
+
+    # The rest of the installment: 5,000 interest, then the principal.
+    rest = repay(demo, loan["loan_id"], FIRST_TOTAL - 10_000)
+    assert rest.status_code == 201, rest.text
+    assert rest.json()["allocation"] == {
+        "penalty": 0, "fee": 0, "interest": 5_000, "principal": FIRST_PRINCIPAL,
+    }
+    assert rest.json()["loan"]["schedule"][0]["status"] == "paid"
+    assert rest.json()["loan"]["outstanding"]["principal"] == P - FIRST_PRINCIPAL
+
+
+def test_payment_spanning_installments_pays_the_oldest_first(demo: PartnerClient) -> None:
+    loan = new_loan(demo)
+    second = loan["schedule"][1]
+    amount = FIRST_TOTAL + second["interest"] + 100
+
+    body = repay(demo, loan["loan_id"], amount).json()
+
+    assert body["allocation"] == {
+        "penalty": 0, "fee": 0, "interest": FIRST_INTEREST + second["interest"],
+        "principal": FIRST_PRINCIPAL + 100,
+    }
+    schedule = body["loan"]["schedule"]
+    assert schedule[0]["status"] == "paid"
+    assert schedule[1]["status"] == "pending"
+    assert schedule[1]["paid"] == {
+        "principal": 100, "interest": second["interest"], "penalty": 0, "fee": 0,
+    }
+
+
+def test_more_than_everything_owed_is_422_and_changes_nothing(demo: PartnerClient) -> None:
+    loan = new_loan(demo)
+    owed = sum(line["total"] for line in loan["schedule"])
+    external_ref = ref()
+
+    response = repay(demo, loan["loan_id"], owed + 1, external_ref=external_ref)
+
+    assert_error(response, 422, "amount_exceeds_due")
+    assert get_loan(demo, loan["loan_id"]) == loan
+    # The refused request did not use up its external_ref.
+    ok = repay(demo, loan["loan_id"], FIRST_TOTAL, external_ref=external_ref)
+    assert ok.status_code == 201, ok.text
+    assert ok.json()["loan"]["outstanding"]["principal"] == P - FIRST_PRINCIPAL
+
+
+@pytest.mark.parametrize("amount", [0, -1, -91_680, "x", "100", 1.5, None, True])
+def test_invalid_amount_is_400(demo: PartnerClient, amount: Any) -> None:
+    loan = new_loan(demo, amount=100_000)
+    assert_error(repay(demo, loan["loan_id"], amount), 400, "invalid_request", "amount")
+    assert get_loan(demo, loan["loan_id"]) == loan
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"amount": 100, "external_ref": "R-1", "kind": "weekly"}, "kind"),
+        ({"amount": 100, "external_ref": "R-1", "kind": "REGULAR"}, "kind"),
+        ({"amount": 100, "external_ref": "R-1", "kind": 1}, "kind"),
+        ({"amount": 100, "kind": "regular"}, "external_ref"),
+        ({"amount": 100, "external_ref": "", "kind": "regular"}, "external_ref"),
+        ({"amount": 100, "external_ref": "has space", "kind": "regular"}, "external_ref"),
+        ({"amount": 100, "external_ref": "R-1", "kind": "regular", "loan": "x"}, "loan"),
+        ({"external_ref": "R-1", "kind": "regular"}, "amount"),
+    ],
+)
+def test_invalid_repayment_body_is_400(
+    demo: PartnerClient, body: dict[str, Any], field: str
+) -> None:
+    loan = new_loan(demo, amount=100_000)
+    response = demo.post(f"/v1/loans/{loan['loan_id']}/repayments", body)
+    assert_error(response, 400, "invalid_request", field)
+    assert get_loan(demo, loan["loan_id"]) == loan
+
+
+@pytest.mark.parametrize("kind", ["prepay_reduce_installment", "prepay_shorten_term"])
+def test_prepayment_kinds_are_not_supported_yet(demo: PartnerClient, kind: str) -> None:
+    loan = new_loan(demo)
+    assert_error(repay(demo, loan["loan_id"], 200_000, kind=kind), 422, "kind_not_supported")
+    assert get_loan(demo, loan["loan_id"]) == loan
+
+
+def test_repaying_an_unknown_or_foreign_loan_is_404(
+    demo: PartnerClient, demo2: PartnerClient
+) -> None:
+    loan = new_loan(demo)
+    assert_error(repay(demo2, loan["loan_id"], 1_000), 404, "not_found")
+    assert_error(repay(demo, "LN-0000-9999999999", 1_000), 404, "not_found")
+    assert_error(repay(demo, "nope", 1_000), 404, "not_found")
+    assert get_loan(demo, loan["loan_id"]) == loan
+
+
+def test_duplicate_external_ref_is_409(demo: PartnerClient) -> None:
+    loan = new_loan(demo)
+    external_ref = ref()
+    assert repay(demo, loan["loan_id"], 1_000, external_ref=external_ref).status_code == 201
+
+    again = repay(demo, loan["loan_id"], 2_000, external_ref=external_ref)  # new key
+    assert_error(again, 409, "duplicate_external_ref")
+    after = get_loan(demo, loan["loan_id"])
+    assert after["schedule"][0]["paid"]["interest"] == 1_000
+
+
+def test_external_ref_is_unique_per_partner_across_loans(
+    demo: PartnerClient, demo2: PartnerClient
+) -> None:
+    """API.md: external_ref is unique per partner for good, whichever loan it pays.
+    Loans of different customers usually live in different shards; the test makes sure it
+    uses two loans that do (a loan id names its shard)."""
+    first = new_loan(demo)
+    others = [new_loan(demo, amount=100_000) for _ in range(3)]
+    shard = first["loan_id"].split("-")[1]
+    other = next((o for o in others if o["loan_id"].split("-")[1] != shard), others[0])
+    external_ref = ref()
+    assert repay(demo, first["loan_id"], 1_000, external_ref=external_ref).status_code == 201
+
+    assert_error(
+        repay(demo, other["loan_id"], 1_000, external_ref=external_ref),
+        409, "duplicate_external_ref",
+    )
+    assert get_loan(demo, other["loan_id"]) == other
+
+    # Another partner's references are its own.
+    theirs = new_loan(demo2, amount=100_000)
+    assert repay(demo2, theirs["loan_id"], 1_000, external_ref=external_ref).status_code == 201
+
+
+# ---- payoff ---------------------------------------------------------------------------------
+
+
+def test_payoff_quote_on_the_disbursement_day_is_the_principal(demo: PartnerClient) -> None:
+    loan = new_loan(demo)
+    response = demo.get(f"/v1/loans/{loan['loan_id']}/payoff")
+    assert response.status_code == 200, response.text
+    quote = response.json()
+    expected = {"as_of": "2026-11-29", "principal": P, "interest": 0, "penalty": 0, "fee": 0,
+                "total": P}
+    assert {key: quote.get(key) for key in expected} == expected
+
+
+def test_payoff_after_a_regular_repayment_owes_the_remaining_principal(
+    demo: PartnerClient,
+) -> None:
+    loan = new_loan(demo)
+    assert repay(demo, loan["loan_id"], FIRST_TOTAL).status_code == 201
+    quote = demo.get(f"/v1/loans/{loan['loan_id']}/payoff").json()
+    # Day 0: no interest accrued; the interest paid in advance is not refunded.
+    assert quote["principal"] == P - FIRST_PRINCIPAL
+    assert quote["interest"] == 0
+    assert quote["total"] == P - FIRST_PRINCIPAL
+
+
+def test_payoff_with_exactly_the_total_pays_the_loan_off(demo: PartnerClient) -> None:
+    loan = new_loan(demo)
+    total = demo.get(f"/v1/loans/{loan['loan_id']}/payoff").json()["total"]
+    assert total == P
+
+    response = repay(demo, loan["loan_id"], total, kind="payoff")
+
+    assert response.status_code == 201, response.text
+    body = response.json()
+    assert body["allocation"] == {"penalty": 0, "fee": 0, "interest": 0, "principal": P}
+    after = body["loan"]
+    assert after["status"] == "paid_off"
+    assert after["outstanding"] == {"principal": 0, "interest": 0, "penalty": 0, "fee": 0}
+    assert all(line["status"] == "paid" for line in after["schedule"])
+    assert sum(line["paid"]["principal"] for line in after["schedule"]) == P
+    assert sum(line["paid"]["interest"] for line in after["schedule"]) == 0
+    assert get_loan(demo, loan["loan_id"]) == after
+
+    # A paid-off loan takes no more money and has no quote.
+    assert_error(repay(demo, loan["loan_id"], 1), 409, "invalid_state")
+    assert_error(repay(demo, loan["loan_id"], 1, kind="payoff"), 409, "invalid_state")
+    assert_error(demo.get(f"/v1/loans/{loan['loan_id']}/payoff"), 409, "invalid_state")
+    assert get_loan(demo, loan["loan_id"]) == after
+
+    # The whole limit is available again.
+    customer = demo.get(f"/v1/customers/{after['customer_id']}").json()
+    assert customer["available_limit"] == customer["credit_limit"] == 3_000_000
+
+
+@pytest.mark.parametrize(("delta", "code"), [(-1, "amount_below_payoff"),
+                                             (+1, "amount_exceeds_due")])
+def test_payoff_with_another_amount_is_422(demo: PartnerClient, delta: int, code: str) -> None:
+    loan = new_loan(demo)
+    assert_error(repay(demo, loan["loan_id"], P + delta, kind="payoff"), 422, code)
+    assert get_loan(demo, loan["loan_id"]) == loan
+
+
+# ---- the customer view ----------------------------------------------------------------------
+
+
+def test_customer_view_after_a_booking_and_a_repayment(demo: PartnerClient) -> None:
+    id_no = fresh_id()
+    loan = new_loan(demo, id_no=id_no, phone="13800138000")
+    assert repay(demo, loan["loan_id"], FIRST_TOTAL).status_code == 201
+
+    response = demo.get(f"/v1/customers/{loan['customer_id']}")
+
+    assert response.status_code == 200, response.text
+    customer = response.json()
+    assert customer["customer_id"] == loan["customer_id"]
+    assert customer["credit_limit"] == 3_000_000
+    assert customer["available_limit"] == 3_000_000 - (P - FIRST_PRINCIPAL) == 2_076_680
+    assert customer["loan_ids"] == [loan["loan_id"]]
+    assert customer["name_masked"] == "张*"
+    assert customer["id_number_masked"] == id_no[:4] + "**********" + id_no[-4:]
+    assert len(customer["id_number_masked"]) == 18
+    assert customer["phone_masked"] == "138****8000"
+    # Nothing in clear, anywhere in the body (even in another field or an escape).
+    for secret in (id_no, "13800138000", "张三", id_no[4:14]):
+        assert secret not in response.text
+
+
+# ---- batch ----------------------------------------------------------------------------------
+
+
+def _batch(client: PartnerClient, items: list[Any], key: str | None = None) -> httpx.Response:
+    return client.post("/v1/repayments/batch", {"items": items}, key=key)
+
+
+def test_batch_of_ten_across_loans_answers_each_in_order(demo: PartnerClient) -> None:
+    loans = [new_loan(demo, amount=500_000) for _ in range(3)]
+    items = [
+        {"loan_id": loans[i % 3]["loan_id"], "amount": 1_000 + i, "external_ref": ref(),
+         "kind": "regular"}
+        for i in range(10)
+    ]
+    key = uuid.uuid4().hex
+
+    response = _batch(demo, items, key=key)
+
+    assert response.status_code == 200, response.text
+    results = response.json()["results"]
+    assert [r["index"] for r in results] == list(range(10))
+    for i, result in enumerate(results):
+        assert result["status"] == 201, result
+        assert result["body"]["loan_id"] == items[i]["loan_id"]
+        assert result["body"]["allocation"] == {
+            "penalty": 0, "fee": 0, "interest": 1_000 + i, "principal": 0,
+        }
+    for n, loan in enumerate(loans):
+        paid = sum(1_000 + i for i in range(10) if i % 3 == n)
+        after = get_loan(demo, loan["loan_id"])
+        assert after["schedule"][0]["paid"]["interest"] == paid
+        assert after["outstanding"]["principal"] == 500_000
+
+    # Replay: the same bytes, marked, and no second effect.
+    replay = _batch(demo, items, key=key)
+    assert replay.status_code == 200
+    assert replay.content == response.content
+    assert replay.headers.get("idempotent-replayed") == "true"
+    assert response.headers.get("idempotent-replayed") is None
+    for n, loan in enumerate(loans):
+        paid = sum(1_000 + i for i in range(10) if i % 3 == n)
+        assert get_loan(demo, loan["loan_id"])["schedule"][0]["paid"]["interest"] == paid
+
+
+def test_batch_items_fail_alone(demo: PartnerClient, demo2: PartnerClient) -> None:
+    loan = new_loan(demo)
+    foreign = new_loan(demo2, amount=100_000)
+    owed = sum(line["total"] for line in loan["schedule"])
+    items: list[Any] = [
+        {"loan_id": loan["loan_id"], "amount": FIRST_TOTAL, "external_ref": ref()},
+        {"loan_id": "LN-0000-9999999999", "amount": 100, "external_ref": ref()},
+        {"loan_id": loan["loan_id"], "amount": owed, "external_ref": ref()},  # > what is left
+        {"loan_id": loan["loan_id"], "amount": "x", "external_ref": ref()},
+        {"loan_id": "garbage", "amount": 100, "external_ref": ref()},
+        {"loan_id": foreign["loan_id"], "amount": 100, "external_ref": ref()},
+        {"loan_id": loan["loan_id"], "amount": 100, "external_ref": ref(), "kind": "nope"},
+        {"loan_id": loan["loan_id"], "amount": 100, "external_ref": ref(), "extra": 1},
+        {"loan_id": loan["loan_id"], "amount": 100, "external_ref": ref()},
+    ]
+
+    response = _batch(demo, items)
+
+    assert response.status_code == 200, response.text
+    results = response.json()["results"]
+    assert [r["index"] for r in results] == list(range(len(items)))
+    statuses = [r["status"] for r in results]
+    assert statuses == [201, 404, 422, 400, 404, 404, 400, 400, 201]
+    codes = [r["body"].get("error", {}).get("code") for r in results]
+    assert codes == [None, "not_found", "amount_exceeds_due", "invalid_request", "not_found",
+                     "not_found", "invalid_request", "invalid_request", None]
+    assert results[3]["body"]["error"].get("field") == "amount"
+    assert results[6]["body"]["error"].get("field") == "kind"
+    assert results[0]["body"]["allocation"] == {
+        "penalty": 0, "fee": 0, "interest": FIRST_INTEREST, "principal": FIRST_PRINCIPAL,
+    }
+    assert results[8]["body"]["allocation"]["interest"] == 100
+    after = get_loan(demo, loan["loan_id"])
+    assert after["outstanding"]["principal"] == P - FIRST_PRINCIPAL
+    assert after["schedule"][1]["paid"]["interest"] == 100
+    assert get_loan(demo2, foreign["loan_id"]) == foreign
+
+
+@pytest.mark.parametrize(
+    ("items", "field"),
+    [
+        ([], "items"),
+        ([{"loan_id": "LN-0000-0000000001", "amount": 1, "external_ref": f"R-{i}"}
+          for i in range(1001)], "items"),
+        ("x", "items"),
+    ],
+)
+def test_batch_size_outside_1_to_1000_is_400(
+    demo: PartnerClient, items: Any, field: str
+) -> None:
+    assert_error(_batch(demo, items), 400, "invalid_request", field)
+
+
+def test_batch_of_exactly_1000_items_is_accepted(demo: PartnerClient) -> None:
+    items = [{"loan_id": "LN-0000-9999999999", "amount": 1, "external_ref": ref()}
+             for _ in range(1000)]
+    response = _batch(demo, items)
+    assert response.status_code == 200, response.text
+    results = response.json()["results"]
+    assert len(results) == 1000
+    assert {r["status"] for r in results} == {404}
+
+
+def test_batch_with_unknown_top_level_field_is_400(demo: PartnerClient) -> None:
+    loan = new_loan(demo, amount=100_000)
+    body = {"items": [{"loan_id": loan["loan_id"], "amount": 1, "external_ref": ref()}],
+            "x": 1}
+    assert_error(demo.post("/v1/repayments/batch", body), 400, "invalid_request", "x")
+    assert get_loan(demo, loan["loan_id"]) == loan
+
+
+def test_batch_duplicate_external_ref_inside_one_batch(demo: PartnerClient) -> None:
+    loan = new_loan(demo)
+    same = ref()
+    items = [{"loan_id": loan["loan_id"], "amount": 1_000, "external_ref": same},
+             {"loan_id": loan["loan_id"], "amount": 2_000, "external_ref": same}]
+    results = _batch(demo, items).json()["results"]
+    assert [r["status"] for r in results] == [201, 409]
+    assert results[1]["body"]["error"]["code"] == "duplicate_external_ref"
+    assert get_loan(demo, loan["loan_id"])["schedule"][0]["paid"]["interest"] == 1_000
