@@ -138,7 +138,7 @@ async def seed_loans(host: str, port: int, count: int) -> list[str]:
     return loans
 
 
-def repayment_factory(loans: list[str], hostport: str, run_id: str):  # type: ignore[no-untyped-def]
+def repayment_factory(loans: list[str], hostport: str, run_id: str):
     counter = itertools.count()
 
     def next_request() -> bytes:
@@ -151,7 +151,7 @@ def repayment_factory(loans: list[str], hostport: str, run_id: str):  # type: ig
     return next_request
 
 
-def batch_factory(loans: list[str], hostport: str, run_id: str):  # type: ignore[no-untyped-def]
+def batch_factory(loans: list[str], hostport: str, run_id: str):
     counter = itertools.count()
 
     def next_request() -> bytes:
@@ -264,7 +264,11 @@ def _start_system(
         command, cwd=PROJECT_ROOT, env=env, stdout=subprocess.PIPE, text=True,
         stderr=open(workdir / "up.log", "w"),  # noqa: SIM115 - closed with the process
     )
-    stack.callback(lambda: process.poll() is None and process.kill())
+    def kill_if_running() -> None:
+        if process.poll() is None:
+            process.kill()
+
+    stack.callback(kill_if_running)
     assert process.stdout is not None
     line = process.stdout.readline()
     if not line.startswith("ready "):
