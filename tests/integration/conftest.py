@@ -56,7 +56,7 @@ def drop_database(name: str) -> None:
     asyncio.run(drop())
 
 
-def test_settings(pg_dsn: str, prefix: str, **extra_env: str) -> Settings:
+def system_settings(pg_dsn: str, prefix: str, **extra_env: str) -> Settings:
     environ = {
         "LENDCORE_PG_DSN": pg_dsn,
         "LENDCORE_REDIS_URL": REDIS_URL,
@@ -112,7 +112,7 @@ def ray_cluster() -> Iterator[None]:
 def system(ray_cluster: None) -> Iterator[RunningSystem]:
     name, dsn = create_database()
     prefix = f"lendcore-test-{uuid.uuid4().hex}:"
-    running = RunningSystem(test_settings(dsn, prefix), dsn).start()
+    running = RunningSystem(system_settings(dsn, prefix), dsn).start()
     try:
         yield running
     finally:

@@ -1,0 +1,80 @@
+"""A stale owner of a shard can never commit: Postgres's epoch decides (no Ray, real PG)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from datetime import date
+from pathlib import Path
+
+import asyncpg
+import pytest
+from conftest import create_database, drop_database
+
+from actors.core import LOST, SERVING, ShardCore
+from cluster.config import load_settings
+from cluster.system import risk_policy
+from lending.commands import CustomerFacts, SubmitApplication
+from lending.products import load_catalog
+from lending.shard_state import ApplyContext
+from storage import cluster_store
+from storage.migrate import migrate
+from storage.shard_store import ShardStore
+
+BUSINESS_DATE = date(2026, 11, 29)
+
+
+@pytest.fixture
+def database() -> Iterator[str]:
+    name, dsn = create_database()
+    yield dsn
+    drop_database(name)
+
+
+def _application(n: int) -> SubmitApplication:
+    facts = CustomerFacts(
+        id_hash=f"hash-{n}", id_number_enc=b"x", name_enc=b"x", phone_enc=b"x",
+        id_number_masked="1101**********0017", name_masked="张*", phone_masked="138****8000",
+        id_error=None, birth_date=date(1990, 3, 7), id_sequence=1, monthly_income=1_200_000,
+        region_code="330100",
+    )
+    return SubmitApplication(
+        "demo", f"key-{n}", f"hash-{n}", f"A-{n}", "CASH_EI_12", 1_000_000, 12, facts,
+        "d-1", "10.0.0.1", "consumption", None,
+    )
+
+
+async def _scenario(dsn: str) -> None:
+    settings = load_settings(environ={})
+    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=4)
+    async with pool.acquire() as conn:
+        await migrate(conn)
+        await migrate(conn)  # re-running is a no-op
+        await cluster_store.initialise(conn, 1, BUSINESS_DATE)
+    context = ApplyContext(BUSINESS_DATE, load_catalog(Path("config/products")),
+                           risk_policy(settings))
+    old = ShardCore(0, ShardStore(pool, "old"), lambda: context, 100, 10)
+    new = ShardCore(0, ShardStore(pool, "new"), lambda: context, 100, 10)
+    try:
+        await old.activate()
+        assert (await old.submit(_application(1))).status == 201
+        await new.activate()  # takes the shard: epoch + 1
+        assert new.epoch == old.epoch + 1
+        stale = await old.submit(_application(2))
+        assert stale.status == 503 and b"shard_unavailable" in stale.body
+        assert old.status == LOST
+        assert (await old.submit(_application(3))).status == 503, "a lost shard stays lost"
+        assert (await new.submit(_application(4))).status == 201
+        assert new.status == SERVING
+        refs = {r[0] for r in await pool.fetch("SELECT partner_application_id FROM applications")}
+        assert refs == {"A-1", "A-4"}, "nothing of the stale owner was committed"
+        owner = await pool.fetchval("SELECT owner FROM shard_lease WHERE shard_id = 0")
+        assert owner == "new"
+    finally:
+        await old.stop()
+        await new.stop()
+        await pool.close()
+
+
+def test_stale_epoch_owner_cannot_commit(database: str) -> None:
+    asyncio.run(_scenario(database))

@@ -1,0 +1,103 @@
+"""`lendcore up` as a user runs it: a subprocess, its `ready` line, real requests, and a
+clean exit 0 on SIGTERM; once with embedded Postgres and Redis, once with given ones."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+from conftest import REDIS_URL, create_database, drop_database
+from conftest_redis import delete_keys_with_prefix
+from factories import application
+
+from cluster.config import PROJECT_ROOT
+from loadtests.client import PartnerClient
+
+READY_TIMEOUT_S = 120
+ADMIN = {"Authorization": "Bearer dev-admin-token-change-me"}
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _environment(data_dir: Path, **given: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LENDCORE_")}
+    env.update({
+        "LENDCORE_DATA_DIR": str(data_dir),
+        "LENDCORE_API_PORT": str(_free_port()),
+        "LENDCORE_OPS_PORT": str(_free_port()),
+        **given,
+    })
+    return env
+
+
+def _run_up_and_use_it(env: dict[str, str], log_path: Path) -> None:
+    started = time.monotonic()
+    with log_path.open("w") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "cluster.cli", "up"], cwd=PROJECT_ROOT, env=env,
+            stdout=subprocess.PIPE, stderr=log, text=True,
+        )
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline().strip()
+        assert line.startswith("ready api=http://"), f"{line!r}\n{log_path.read_text()[-3000:]}"
+        assert time.monotonic() - started < READY_TIMEOUT_S
+        fields = dict(part.split("=", 1) for part in line.split()[1:])
+        api, ops = fields["api"], fields["ops"]
+        assert httpx.get(f"{api}/readyz").status_code == 200
+        assert httpx.get(f"{ops}/healthz").status_code == 200
+        client = PartnerClient(api)
+        applied = client.post("/v1/applications", application())
+        assert applied.status_code == 201 and applied.json()["status"] == "approved"
+        booked = client.post("/v1/loans", {"application_id": applied.json()["application_id"]})
+        assert booked.status_code == 201
+        client.close()
+        date = httpx.get(f"{ops}/ops/business-date", headers=ADMIN)
+        assert date.status_code == 200 and "business_date" in date.json()
+        children = psutil.Process(process.pid).children(recursive=True)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(60) == 0, log_path.read_text()[-3000:]
+        time.sleep(0.5)
+        alive = [c.pid for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
+        assert not alive, f"processes left running after exit: {alive}"
+    finally:
+        if process.poll() is None:
+            process.kill()
+
+
+@pytest.mark.slow
+def test_up_with_embedded_postgres_and_redis(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    _run_up_and_use_it(_environment(data_dir), tmp_path / "up.log")
+    assert (data_dir / "pg").is_dir() and (data_dir / "redis").is_dir()
+    # Second start on the same data: the schema is not applied twice, state survives.
+    _run_up_and_use_it(_environment(data_dir), tmp_path / "up2.log")
+
+
+@pytest.mark.slow
+def test_up_with_given_postgres_and_redis(tmp_path: Path) -> None:
+    name, dsn = create_database()
+    prefix = f"lendcore-test-{uuid.uuid4().hex}:"
+    try:
+        env = _environment(
+            tmp_path / "data", LENDCORE_PG_DSN=dsn, LENDCORE_REDIS_URL=REDIS_URL,
+            LENDCORE_REDIS_PREFIX=prefix,
+        )
+        _run_up_and_use_it(env, tmp_path / "up.log")
+        assert not (tmp_path / "data" / "pg").exists(), "no embedded Postgres when one is given"
+    finally:
+        drop_database(name)
+        delete_keys_with_prefix(prefix)
