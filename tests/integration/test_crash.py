@@ -125,7 +125,7 @@ def test_no_acknowledged_repayment_lost_or_doubled_under_host_kills(
     assert set(stored) == set(acknowledged), "every acknowledged repayment is stored, no other"
     assert all(n == 1 for n, _ in stored.values()), "no repayment applied twice"
     for ref, body in acknowledged.items():
-        assert stored[ref][1] == body["repayment_id"], f"{ref}: the acknowledged id is the stored one"
+        assert stored[ref][1] == body["repayment_id"], f"{ref}: acknowledged id != stored id"
 
     # Every loan: memory (served by the restarted hosts) == repayments table == ledger.
     for loan_id in loans:
