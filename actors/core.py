@@ -77,7 +77,8 @@ class ShardCore:
         if self.status == LOST:
             future.set_result(unavailable(f"shard {self.shard_id} moved to another owner"))
         elif len(self._inbox) >= self.inbox_max:
-            future.set_result(unavailable(f"shard {self.shard_id} inbox is full"))
+            # Not retried by the gateway: a full inbox needs the client to slow down.
+            future.set_result(error_reply(503, "shard_busy", f"shard {self.shard_id} is full"))
         else:
             self._inbox.append((command, future))
             self._wake.set()
@@ -121,19 +122,33 @@ class ShardCore:
             self.stats["failures"] += 1
             self.status = RELOADING
             replies = [unavailable("storage unavailable, retry")] * len(batch)
-        except Exception:  # a bug must fail its batch, not stall the shard
-            # Nothing was committed (the transaction rolled back). Answer 500 so the bug is
-            # visible, and rebuild memory in case apply broke an invariant before raising.
-            log.exception("shard %s: batch failed on a bug", self.shard_id)
+        except Exception:  # a bug must fail only its own command, never stall the shard
+            # Nothing was committed (the transaction rolled back) and memory is untouched
+            # (apply works on copies), so the batch can be replayed one command at a time.
+            log.exception("shard %s: batch failed on a bug; replaying one by one", self.shard_id)
             self.stats["failures"] += 1
-            self.status = RELOADING
-            replies = [error_reply(500, "internal_error", "internal error")] * len(batch)
+            replies = [await self._apply_alone(command) for command in commands]
         self.stats["batches"] += 1
         self.stats["commands"] += len(batch)
         self.stats["commit_s"] += time.perf_counter() - started
         for (_, future), reply in zip(batch, replies, strict=True):
             if not future.done():
                 future.set_result(reply)
+
+    async def _apply_alone(self, command: Command) -> Reply:
+        if self.status != SERVING:
+            return unavailable(f"shard {self.shard_id} is {self.status}")
+        try:
+            return (await self._apply_and_commit([command]))[0]
+        except LeaseLost as lost:
+            self.status = LOST
+            return unavailable(str(lost))
+        except STORAGE_ERRORS:
+            self.status = RELOADING
+            return unavailable("storage unavailable, retry")
+        except Exception:  # the bug is this command's: it alone gets the 500
+            log.exception("shard %s: command %s failed", self.shard_id, type(command).__name__)
+            return error_reply(500, "internal_error", "internal error")
 
     async def _apply_and_commit(self, commands: list[Command]) -> list[Reply]:
         state = self.state

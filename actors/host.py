@@ -80,6 +80,17 @@ class ShardHostCore:
             )
         await asyncio.gather(*(self._activate(core) for core in self.shards.values()))
 
+    async def _reset_after_failed_start(self) -> None:
+        """Close what a failed start opened, so the next call starts from scratch."""
+        self._start_task = None
+        self.shards = {}
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+        if self._redis is not None:
+            await self._redis.aclose()
+            self._redis = None
+
     def context(self) -> ApplyContext:
         assert self._context is not None
         return self._context
@@ -120,8 +131,9 @@ class ShardHostCore:
         envelopes = BATCH_DECODER.decode(payload)
         try:
             await self.ensure_started()
-        except (OSError, asyncpg.PostgresError, RedisError) as exc:
-            self._start_task = None  # try again on the next call
+        except Exception as exc:  # whatever stops the start, answer (and retry later)
+            log.exception("shard host %s cannot start", self.config.host_id)
+            await self._reset_after_failed_start()
             reason = f"shard host {self.config.host_id} cannot start: {exc}"
             return BATCH_ENCODER.encode([unavailable(reason)] * len(envelopes))
         futures: list[asyncio.Future[Reply]] = []

@@ -55,7 +55,6 @@ class GatewaySettings(msgspec.Struct, forbid_unknown_fields=True):
     ops_host: str = "127.0.0.1"
     ops_port: int = 8081
     body_max_bytes: int = 1048576
-    batch_window_ms: float = 1.0
     ray_call_items_max: int = 2000
     calls_in_flight_max: int = 4
     pending_max: int = 50000
@@ -74,7 +73,7 @@ class RiskSettings(msgspec.Struct, forbid_unknown_fields=True):
     income_min: int = 1000000
     age_min: int = 22
     age_max: int = 55
-    limit_income_multiple_pct: int = 250
+    limit_income_multiple_pct: int = 500
     limit_max: int = 20000000
 
 

@@ -109,7 +109,9 @@ class OpsApi:
             raise HttpError(401, "unauthenticated", "Authorization: Bearer <token> required")
         for operator in self.operators:
             if hmac.compare_digest(operator.token.encode(), token.encode()):
-                if role not in operator.roles and "admin" not in operator.roles:
+                # Every role may read (viewer); admin may do everything.
+                granted = operator.roles | {"viewer"}
+                if role not in granted and "admin" not in operator.roles:
                     raise HttpError(403, "forbidden", f"role {role} required")
                 return operator
         raise HttpError(401, "unauthenticated", "unknown token")

@@ -8,6 +8,7 @@ store the response in Redis → answer.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import time
@@ -224,7 +225,7 @@ class PartnerApi:
         await self._admit(request, None, "")
         command = self._read_command(kind, ident, request.partner_id)
         reply = await self._dispatch(command[0], command[1])
-        return reply.status, reply.body, []
+        return reply.status, reply.body, _retry_after(reply.status)
 
     def _read_command(self, kind: str, ident: str, partner_id: str) -> tuple[int, Command]:
         id_kind = "loan" if kind == "payoff" else kind
@@ -278,11 +279,15 @@ class PartnerApi:
         key = _idempotency_key(request)
         batch = _decode(_BATCH, request.body)
         request_hash = _request_hash(request)
+        try:
+            self.router.ensure_capacity(len(batch.items))  # all items fit, or none is queued
+        except Overloaded as exc:
+            raise HttpError(503, "unavailable", str(exc), retry_after_s=1) from exc
         admitted = await self._admit(request, key, request_hash)
         if admitted is not None:
             return admitted
         results: list[BatchResult | None] = [None] * len(batch.items)
-        waits: list[tuple[int, object]] = []
+        waits: list[tuple[int, asyncio.Future[Reply]]] = []
         for index, raw in enumerate(batch.items):
             try:
                 item = _decode(_BATCH_ITEM, bytes(raw))
@@ -299,12 +304,19 @@ class PartnerApi:
                 request.partner_id, f"{key}#{index}", hashlib.sha256(bytes(raw)).hexdigest(),
                 item.loan_id, item.amount, item.external_ref, item.kind,
             )
-            waits.append((index, self._queue(shard, command)))
+            waits.append((index, self.router.call(shard, command, checked=True)))
+        final = True
         for index, future in waits:
-            reply: Reply = await future  # type: ignore[misc]
+            reply: Reply = await future
+            final = final and _is_own_outcome(reply)
             results[index] = BatchResult(index, reply.status, msgspec.Raw(reply.body))
         body = JSON.encode(BatchResponse([r for r in results if r is not None]))
-        await self._complete(request, key, request_hash, 200, body)
+        if final:
+            await self._complete(request, key, request_hash, 200, body)
+        else:
+            # Some item did not happen: free the key so a retry redoes just those items
+            # (the others answer from their shards' durable records, byte for byte).
+            await self._abandon(request, key, request_hash)
         return 200, body, []
 
     async def _write(self, request: _Request, key: str, shard: int, command: Command):
@@ -317,9 +329,9 @@ class PartnerApi:
         except HttpError:
             await self._abandon(request, key, request_hash)
             raise
-        if reply.status == 503:
+        if not _is_own_outcome(reply):
             await self._abandon(request, key, request_hash)
-            return reply.status, reply.body, [(b"retry-after", b"1")]
+            return reply.status, reply.body, _retry_after(reply.status)
         await self._complete(request, key, request_hash, reply.status, reply.body)
         headers = [(b"idempotent-replayed", b"true")] if reply.replayed else []
         return reply.status, reply.body, headers
@@ -435,6 +447,17 @@ class PartnerApi:
                 400, "invalid_request",
                 f"{product.code} pays the merchant: merchant_id is required", "merchant_id",
             )
+
+
+def _is_own_outcome(reply: Reply) -> bool:
+    """Whether a reply is this request's final outcome, to be kept under its key. Not so for
+    5xx (nothing happened; the partner may retry the key) nor for the shard's durable
+    `idempotency_key_reused` (the key belongs to another request's outcome)."""
+    return reply.status < 500 and b'"idempotency_key_reused"' not in reply.body
+
+
+def _retry_after(status: int) -> list[tuple[bytes, bytes]]:
+    return [(b"retry-after", b"1")] if status in (429, 503) else []
 
 
 def _redis_down(exc: RedisError) -> HttpError:

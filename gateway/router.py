@@ -118,6 +118,15 @@ class HostChannel:
                 for item in items:
                     self._retry(item)
                 return
+            except Exception:  # anything else is a bug: fail these requests, never hang them
+                self.failures += 1
+                log.exception("host %s call failed", self.host_id)
+                for item in items:
+                    if not item.future.done():
+                        item.future.set_result(
+                            error_reply(503, "unavailable", "shard host call failed")
+                        )
+                return
             RAY_CALL_SECONDS.observe(time.perf_counter() - started)
             RAY_CALL_ITEMS.observe(len(items))
             self.calls += 1
@@ -161,10 +170,18 @@ class ShardRouter:
     def pending(self) -> int:
         return sum(channel.depth() for channel in self.channels.values())
 
-    def call(self, shard_id: int, command: Command) -> asyncio.Future[Reply]:
-        """Queue a command for its shard; raises Overloaded when the gateway is full."""
-        if self.pending() >= self.pending_max:
+    def ensure_capacity(self, commands: int) -> None:
+        """Raise Overloaded unless `commands` more fit in the gateway's queues."""
+        if self.pending() + commands > self.pending_max:
             raise Overloaded(f"{self.pending()} commands already waiting")
+
+    def call(
+        self, shard_id: int, command: Command, checked: bool = False
+    ) -> asyncio.Future[Reply]:
+        """Queue a command for its shard; raises Overloaded when the gateway is full
+        (unless the caller reserved room with ensure_capacity: `checked`)."""
+        if not checked:
+            self.ensure_capacity(1)
         future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
         channel = self.channels[self.shard_hosts[shard_id]]
         deadline = time.monotonic() + self.retry_deadline_s

@@ -55,7 +55,7 @@ class Applicant(msgspec.Struct, frozen=True):
 
 
 def credit_limit_for(monthly_income: int, policy: RiskPolicy) -> int:
-    """Limit = income × multiple, floored to 100 CNY, capped. 1,200,000 → 3,000,000 at 250%."""
+    """Limit = income × multiple, floored to 100 CNY, capped. 1,000,000 → 5,000,000 at 500%."""
     raw = monthly_income * policy.limit_income_multiple_pct // 100
     return min(policy.limit_max, raw // 10000 * 10000)
 
@@ -65,8 +65,10 @@ def decline_reasons(applicant: Applicant, business_date: date, policy: RiskPolic
         return [applicant.id_error]
     reasons: list[str] = []
     assert applicant.birth_date is not None
-    age = age_on(applicant.birth_date, business_date)
-    if not policy.age_min <= age <= policy.age_max:
+    born_later = applicant.birth_date > business_date  # a future birth date: no age at all
+    if born_later or not policy.age_min <= age_on(applicant.birth_date, business_date) <= (
+        policy.age_max
+    ):
         reasons.append("age_out_of_range")
     if applicant.id_sequence in BUREAU_BAD_SEQUENCES:
         reasons.append("bureau_bad")

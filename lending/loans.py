@@ -239,23 +239,45 @@ def _close_paid_installments(loan: Loan) -> None:
         loan.bucket = "C"
 
 
-def apply_regular(loan: Loan, amount: int) -> tuple[Loan, _Split]:
-    """Regular repayment: overdue, then due, then next installments in advance, per strategy.
+def regular_payable(loan: Loan, as_of: date) -> int:
+    """The most a regular repayment may pay: everything overdue or due on or before as_of,
+    plus the next installment in advance (DOMAIN.md §3). Paying more ahead is a prepayment."""
+    payable = 0
+    for inst in _regular_installments(loan, as_of):
+        payable += inst.unpaid_total()
+    return payable
+
+
+def _regular_installments(loan: Loan, as_of: date) -> list[Installment]:
+    """Installments a regular repayment may touch, oldest first."""
+    reachable: list[Installment] = []
+    for inst in loan.installments:
+        if inst.due_date <= as_of:
+            reachable.append(inst)
+        elif inst.unpaid_total() > 0:
+            reachable.append(inst)  # the next installment not yet fully paid
+            break
+    return reachable
+
+
+def apply_regular(loan: Loan, amount: int, as_of: date) -> tuple[Loan, _Split]:
+    """Regular repayment: overdue, then due, then the next installment in advance.
 
     Installments are already ordered oldest first, so "overdue, then due, then in advance"
     is the installment order. The excess is refused, never absorbed (DOMAIN.md §3).
     """
     _check_payable(loan, amount)
-    owed = loan.unpaid_total()
-    if amount > owed:
+    payable = regular_payable(loan, as_of)
+    if amount > payable:
         raise RepaymentRefused(
-            "amount_exceeds_due", f"amount {amount} exceeds everything owed on the loan ({owed})"
+            "amount_exceeds_due",
+            f"amount {amount} exceeds what is due plus the next installment ({payable})",
         )
     updated = _copy(loan)
     split = _Split()
     budget = amount
     for components in _allocation_passes(loan.allocation):
-        for inst in updated.installments:
+        for inst in _regular_installments(updated, as_of):
             for component in components:
                 budget = _pay(inst, component, budget, split)
     assert budget == 0, "allocation must consume the whole amount when amount <= owed"
@@ -302,7 +324,9 @@ def payoff_quote(loan: Loan, as_of: date) -> PayoffQuote:
         days = (as_of - start).days
         accrued = round_half_up(principal * rate_daily(loan.annual_rate_bps) * days)
         interest += max(0, accrued - loan.installments[current].paid_interest)
-    prepayment_fee = round_half_up(Fraction(principal * loan.prepayment_fee_bps, 10000))
+    # The fee is on principal repaid ahead of its due date, not on principal already due.
+    ahead = sum(i.unpaid_principal() for i in loan.installments if i.due_date > as_of)
+    prepayment_fee = round_half_up(Fraction(ahead * loan.prepayment_fee_bps, 10000))
     total = principal + interest + penalty + fee + prepayment_fee
     return PayoffQuote(as_of, principal, interest, penalty, fee, prepayment_fee, total)
 

@@ -375,6 +375,12 @@ def _book_loan(batch: _Batch, cmd: BookLoan) -> Reply:
         return error_reply(409, "offer_expired", f"the offer expired on {app.expires_on}")
     customer = batch.customer(app.customer_id)
     assert customer is not None, "an application's customer lives in the same shard"
+    product = ctx.catalog.get(app.product_code, app.product_version)
+    if product.funding_model not in FUNDING_BOOKS:
+        return error_reply(
+            422, "funding_model_not_supported",
+            f"{product.code} is funded by {product.funding_model}; that model is not live yet",
+        )
     available = customer.credit_limit - batch.outstanding_principal(customer)
     if app.approved_amount > available:
         return error_reply(
@@ -382,7 +388,7 @@ def _book_loan(batch: _Batch, cmd: BookLoan) -> Reply:
             f"amount {app.approved_amount} exceeds the available limit {available}",
         )
     loan = _new_loan(batch, app)
-    entry = disbursement_entry(loan, batch.new_id("entry"), ctx.business_date, cmd.idem_key)
+    entry = disbursement_entry(loan, batch.new_id("entry"), ctx.business_date, loan.loan_id)
     batch.diff.entries.append(entry)
     batch.diff.loans[loan.loan_id] = loan
     batch.put_application(msgspec.structs.replace(app, loan_id=loan.loan_id))
@@ -436,7 +442,7 @@ def _repay(batch: _Batch, cmd: Repay) -> Reply:
     business_date = batch.ctx.business_date
     try:
         if cmd.kind == "regular":
-            updated, split = apply_regular(loan, cmd.amount)
+            updated, split = apply_regular(loan, cmd.amount, business_date)
         elif cmd.kind == "payoff":
             updated, split, _ = apply_payoff(loan, cmd.amount, business_date)
         else:

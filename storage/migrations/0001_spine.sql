@@ -21,7 +21,7 @@ CREATE TABLE customers (
     shard_id    integer NOT NULL,
     customer_id text    NOT NULL,
     id_hash     text    NOT NULL,           -- keyed hash of the ID number (lookup without clear text)
-    state       bytea   NOT NULL,           -- msgpack of lending.state.Customer (PII encrypted)
+    state       bytea   NOT NULL,           -- msgpack of lending.shard_state.Customer (PII encrypted)
     PRIMARY KEY (shard_id, customer_id),
     UNIQUE (shard_id, id_hash)
 );

@@ -405,5 +405,5 @@ def test_body_of_exactly_1_mib_is_read(demo: PartnerClient) -> None:
      ("GET", "/v1/loans/LN-0000-0000000001/payoff/extra"), ("GET", "/v1/repayments/batch")],
 )
 def test_unknown_route_is_404(demo: PartnerClient, method: str, path: str) -> None:
-    body = {} if method == "POST" else None
+    body: dict[str, Any] | None = {} if method == "POST" else None
     assert_error(demo.request(method, path, body), 404, "not_found")

@@ -84,6 +84,16 @@ def get_loan(client: PartnerClient, loan_id: str) -> dict[str, Any]:
 ZERO_PAID = {"principal": 0, "interest": 0, "penalty": 0, "fee": 0}
 
 
+@pytest.fixture(scope="module")
+def untouched_loan(system: Any) -> dict[str, Any]:
+    """A loan that only ever receives refused requests: each test checks it is unchanged."""
+    client = system.client("demo")
+    try:
+        return new_loan(client, amount=100_000)
+    finally:
+        client.close()
+
+
 # ---- regular repayments ---------------------------------------------------------------------
 
 
@@ -177,8 +187,10 @@ def test_more_than_everything_owed_is_422_and_changes_nothing(demo: PartnerClien
 
 
 @pytest.mark.parametrize("amount", [0, -1, -91_680, "x", "100", 1.5, None, True])
-def test_invalid_amount_is_400(demo: PartnerClient, amount: Any) -> None:
-    loan = new_loan(demo, amount=100_000)
+def test_invalid_amount_is_400(
+    demo: PartnerClient, untouched_loan: dict[str, Any], amount: Any
+) -> None:
+    loan = untouched_loan
     assert_error(repay(demo, loan["loan_id"], amount), 400, "invalid_request", "amount")
     assert get_loan(demo, loan["loan_id"]) == loan
 
@@ -197,18 +209,20 @@ def test_invalid_amount_is_400(demo: PartnerClient, amount: Any) -> None:
     ],
 )
 def test_invalid_repayment_body_is_400(
-    demo: PartnerClient, body: dict[str, Any], field: str
+    demo: PartnerClient, untouched_loan: dict[str, Any], body: dict[str, Any], field: str
 ) -> None:
-    loan = new_loan(demo, amount=100_000)
+    loan = untouched_loan
     response = demo.post(f"/v1/loans/{loan['loan_id']}/repayments", body)
     assert_error(response, 400, "invalid_request", field)
     assert get_loan(demo, loan["loan_id"]) == loan
 
 
 @pytest.mark.parametrize("kind", ["prepay_reduce_installment", "prepay_shorten_term"])
-def test_prepayment_kinds_are_not_supported_yet(demo: PartnerClient, kind: str) -> None:
-    loan = new_loan(demo)
-    assert_error(repay(demo, loan["loan_id"], 200_000, kind=kind), 422, "kind_not_supported")
+def test_prepayment_kinds_are_not_supported_yet(
+    demo: PartnerClient, untouched_loan: dict[str, Any], kind: str
+) -> None:
+    loan = untouched_loan
+    assert_error(repay(demo, loan["loan_id"], 20_000, kind=kind), 422, "kind_not_supported")
     assert get_loan(demo, loan["loan_id"]) == loan
 
 
@@ -451,8 +465,10 @@ def test_batch_of_exactly_1000_items_is_accepted(demo: PartnerClient) -> None:
     assert {r["status"] for r in results} == {404}
 
 
-def test_batch_with_unknown_top_level_field_is_400(demo: PartnerClient) -> None:
-    loan = new_loan(demo, amount=100_000)
+def test_batch_with_unknown_top_level_field_is_400(
+    demo: PartnerClient, untouched_loan: dict[str, Any]
+) -> None:
+    loan = untouched_loan
     body = {"items": [{"loan_id": loan["loan_id"], "amount": 1, "external_ref": ref()}],
             "x": 1}
     assert_error(demo.post("/v1/repayments/batch", body), 400, "invalid_request", "x")

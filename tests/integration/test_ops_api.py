@@ -65,7 +65,7 @@ def trial_balance(ops: httpx.Client, query: str = "") -> dict[str, Any]:
     return body
 
 
-def account(balance: dict[str, Any], code: str) -> dict[str, int]:
+def account(balance: dict[str, Any], code: str) -> dict[str, Any]:
     for row in balance["accounts"]:
         if row["code"] == code:
             return row
