@@ -21,8 +21,8 @@ from collections.abc import Callable
 
 import asyncpg
 
-from lending.commands import Command, Repay, Reply, error_reply, is_write
-from lending.shard_state import ApplyContext, Prefetched, ShardState, apply_batch
+from lending.commands import Command, Reply, error_reply, is_write
+from lending.shard_state import ApplyContext, Prefetched, ShardState, apply_batch, wanted_refs
 from storage.shard_store import LeaseLost, ShardStore
 
 log = logging.getLogger("lendcore.shard")
@@ -158,12 +158,11 @@ class ShardCore:
             replies, _ = apply_batch(state, commands, Prefetched(), ctx)
             return replies
         idem_keys = [(c.partner_id, c.idem_key) for c in commands if is_write(c)]  # type: ignore[union-attr]
-        refs = [(c.partner_id, c.external_ref) for c in commands if isinstance(c, Repay)]
-        async with self.store.transaction(self.shard_id, self.epoch) as tx:
-            prefetched = await tx.prefetch(idem_keys, refs)
-            replies, diff = apply_batch(state, commands, prefetched, ctx)
-            if not diff.is_empty():
-                await tx.write(diff)
+        refs = [ref for c in commands if (ref := wanted_refs(c)) is not None]
+        prefetched = await self.store.prefetch(self.shard_id, idem_keys, refs)
+        replies, diff = apply_batch(state, commands, prefetched, ctx)
+        if not diff.is_empty():
+            await self.store.commit(self.shard_id, self.epoch, diff)
         state.commit(diff)  # only after COMMIT: a failed commit leaves memory as it was
         return replies
 

@@ -15,7 +15,10 @@ Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
 JSON = msgspec.json.Encoder()
-_FIELD = re.compile(r"at `\$\.?([^`]*)`")
+# msgspec says where: "... - at `$.applicant.phone`", and for unknown or missing keys also
+# which: "Object contains unknown field `x` - at `$.applicant`".
+_PATH = re.compile(r"at `\$\.?([^`]*)`")
+_KEY = re.compile(r"(?:unknown|required) field `([^`]+)`")
 
 
 class BodyTooLarge(Exception):
@@ -47,9 +50,9 @@ class HttpError(Exception):
 
 def invalid(exc: msgspec.DecodeError | msgspec.ValidationError | ValueError) -> HttpError:
     message = str(exc)
-    match = _FIELD.search(message)
-    field = match.group(1) if match and match.group(1) else None
-    return HttpError(400, "invalid_request", message, field)
+    path_match, key_match = _PATH.search(message), _KEY.search(message)
+    parts = [m.group(1) for m in (path_match, key_match) if m and m.group(1)]
+    return HttpError(400, "invalid_request", message, ".".join(parts) or None)
 
 
 async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:

@@ -148,6 +148,7 @@ def new_loan(
     prepayment_fee_bps: int,
     disbursed_on: date,
     payee: str,
+    term: int,
     schedule: list[ScheduleLine],
 ) -> Loan:
     installments = [
@@ -165,7 +166,7 @@ def new_loan(
         principal=sum(i.principal for i in installments),
         annual_rate_bps=annual_rate_bps,
         apr_bps=apr_bps,
-        term=len(installments),
+        term=term,  # contract months: a bullet loan of 3 months has one installment
         repayment_method=repayment_method,
         allocation=allocation,
         prepayment_fee_bps=prepayment_fee_bps,

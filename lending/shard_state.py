@@ -134,12 +134,14 @@ class Diff(msgspec.Struct):
     repayments: list[RepaymentRecord] = msgspec.field(default_factory=list)
     entries: list[ledger.JournalEntry] = msgspec.field(default_factory=list)
     idempotency: dict[tuple[str, str], IdempotencyRecord] = msgspec.field(default_factory=dict)
+    # (partner_id, kind, ref, object_id) of references unique across all shards
+    partner_refs: list[tuple[str, str, str, str]] = msgspec.field(default_factory=list)
     next_seq: int = 0
 
     def is_empty(self) -> bool:
         return not (
             self.customers or self.applications or self.loans or self.repayments
-            or self.entries or self.idempotency
+            or self.entries or self.idempotency or self.partner_refs
         )
 
 
@@ -147,7 +149,21 @@ class Prefetched(msgspec.Struct):
     """Durable facts about this batch read inside its transaction before apply."""
 
     idempotency: dict[tuple[str, str], IdempotencyRecord] = msgspec.field(default_factory=dict)
-    external_refs: set[tuple[str, str]] = msgspec.field(default_factory=set)
+    # (partner_id, kind, ref) already used, on any shard
+    refs_taken: set[tuple[str, str, str]] = msgspec.field(default_factory=set)
+
+
+REF_REPAYMENT = "repayment"
+REF_APPLICATION = "application"
+
+
+def wanted_refs(command: Command) -> tuple[str, str, str] | None:
+    """The book-wide unique reference a command would take, if any (for the prefetch)."""
+    if isinstance(command, Repay):
+        return (command.partner_id, REF_REPAYMENT, command.external_ref)
+    if isinstance(command, SubmitApplication):
+        return (command.partner_id, REF_APPLICATION, command.partner_application_id)
+    return None
 
 
 class ApplyContext(msgspec.Struct, frozen=True):
@@ -189,9 +205,16 @@ class _Batch:
         self.ctx = ctx
         self.prefetched = prefetched
         self.diff = Diff(next_seq=state.next_seq)
-        self.new_refs: set[tuple[str, str]] = set()
+        self.new_refs: set[tuple[str, str, str]] = set()
         self.hash_overlay: dict[str, str] = {}
         self.ref_overlay: dict[tuple[str, str], str] = {}
+
+    def ref_taken(self, ref: tuple[str, str, str]) -> bool:
+        return ref in self.prefetched.refs_taken or ref in self.new_refs
+
+    def take_ref(self, ref: tuple[str, str, str], object_id: str) -> None:
+        self.new_refs.add(ref)
+        self.diff.partner_refs.append((*ref, object_id))
 
     def new_id(self, kind: str) -> str:
         seq = self.diff.next_seq
@@ -293,7 +316,8 @@ def _apply_write(batch: _Batch, command: SubmitApplication | BookLoan | Repay) -
 
 
 def _submit_application(batch: _Batch, cmd: SubmitApplication) -> Reply:
-    if batch.application_by_ref(cmd.partner_id, cmd.partner_application_id) is not None:
+    ref = (cmd.partner_id, REF_APPLICATION, cmd.partner_application_id)
+    if batch.ref_taken(ref) or batch.application_by_ref(cmd.partner_id, ref[2]) is not None:
         return error_reply(
             409, "duplicate_application",
             f"partner_application_id {cmd.partner_application_id} was already submitted",
@@ -334,6 +358,7 @@ def _submit_application(batch: _Batch, cmd: SubmitApplication) -> Reply:
         ip=cmd.ip,
     )
     batch.put_application(app)
+    batch.take_ref(ref, app.application_id)
     return Reply(201, views.encode(_application_view(app)))
 
 
@@ -423,6 +448,7 @@ def _new_loan(batch: _Batch, app: Application) -> Loan:
         prepayment_fee_bps=product.prepayment_fee_bps,
         disbursed_on=disbursed_on,
         payee=payee,
+        term=app.term,
         schedule=schedule,
     )
 
@@ -431,8 +457,8 @@ def _repay(batch: _Batch, cmd: Repay) -> Reply:
     loan = batch.loan(cmd.loan_id)
     if loan is None or loan.partner_id != cmd.partner_id:
         return _not_found("loan", cmd.loan_id)
-    ref = (cmd.partner_id, cmd.external_ref)
-    if ref in batch.prefetched.external_refs or ref in batch.new_refs:
+    ref = (cmd.partner_id, REF_REPAYMENT, cmd.external_ref)
+    if batch.ref_taken(ref):
         return error_reply(
             409, "duplicate_external_ref",
             f"external_ref {cmd.external_ref} was already used", "external_ref",
@@ -464,7 +490,7 @@ def _repay(batch: _Batch, cmd: Repay) -> Reply:
     batch.diff.loans[loan.loan_id] = updated
     batch.diff.entries.append(entry)
     batch.diff.repayments.append(record)
-    batch.new_refs.add(ref)
+    batch.take_ref(ref, repayment_id)
     body = views.RepaymentView(
         repayment_id=repayment_id,
         loan_id=loan.loan_id,

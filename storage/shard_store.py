@@ -1,15 +1,18 @@
 """Postgres persistence of one logical shard: lease, load, prefetch and the group commit.
 
-One group commit is one transaction: BEGIN; the lease fence (UPDATE ... WHERE epoch = mine,
-zero rows → a newer owner exists → roll back); the prefetch of durable facts the batch
-needs; then every row of the batch in ONE statement (data-modifying CTEs over unnest'ed
-arrays, so the write is one round trip whatever the batch size); COMMIT.
+A batch costs two round trips:
+1. prefetch: the durable facts the batch needs (idempotency records, external refs already
+   used), one query. It runs outside the commit: only the lease owner writes this shard,
+   and if the lease was lost meanwhile, step 2 refuses the whole write anyway.
+2. commit: ONE statement, hence one atomic transaction, whose first part is the lease fence
+   (UPDATE shard_lease ... WHERE epoch = mine) and whose every write is conditioned on the
+   fence having matched. Zero fence rows means a newer owner exists: nothing is written and
+   LeaseLost is raised. The writes are data-modifying CTEs over unnest'ed arrays, so the
+   statement is the same whatever the batch size.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 import asyncpg
@@ -38,24 +41,27 @@ _LOAN = msgspec.msgpack.Decoder(Loan)
 
 LOAD_PAGE_ROWS = 20000  # rows fetched per round trip while rebuilding a shard
 
-_FENCE = "UPDATE shard_lease SET renewed_at = now() WHERE shard_id = $1 AND epoch = $2"
-
-_PREFETCH_IDEMPOTENCY = """
-SELECT partner_id, idem_key, request_hash, status, body FROM idempotency
+_PREFETCH = """
+SELECT 'i' AS kind, partner_id, idem_key AS ref, request_hash, status, body FROM idempotency
 WHERE shard_id = $1 AND (partner_id, idem_key) IN (SELECT * FROM unnest($2::text[], $3::text[]))
+UNION ALL
+SELECT kind, partner_id, ref, NULL, NULL, NULL FROM partner_refs
+WHERE (partner_id, kind, ref) IN (SELECT * FROM unnest($4::text[], $5::text[], $6::text[]))
 """
 
-_PREFETCH_REFS = """
-SELECT partner_id, external_ref FROM repayments
-WHERE shard_id = $1 AND (partner_id, external_ref) IN (SELECT * FROM unnest($2::text[], $3::text[]))
-"""
-
-# All rows of a batch in one statement. Empty arrays insert nothing.
-_WRITE = """
+# The fence, then all rows of a batch, in one statement. Empty arrays insert nothing; a fence
+# that matched no row makes every write insert nothing (`WHERE EXISTS (SELECT FROM fence)`).
+_COMMIT = """
 WITH
+fence AS (
+  UPDATE shard_lease SET renewed_at = now(), next_seq = $49
+  WHERE shard_id = $1 AND epoch = $50
+  RETURNING 1
+),
 c AS (
   INSERT INTO customers (shard_id, customer_id, id_hash, state)
   SELECT $1, * FROM unnest($2::text[], $3::text[], $4::bytea[])
+  WHERE EXISTS (SELECT FROM fence)
   ON CONFLICT (shard_id, customer_id) DO UPDATE SET state = EXCLUDED.state
 ),
 a AS (
@@ -63,6 +69,7 @@ a AS (
                             customer_id, status, created_on, state)
   SELECT $1, * FROM unnest($5::text[], $6::text[], $7::text[], $8::text[], $9::text[],
                            $10::date[], $11::bytea[])
+  WHERE EXISTS (SELECT FROM fence)
   ON CONFLICT (shard_id, application_id)
   DO UPDATE SET status = EXCLUDED.status, state = EXCLUDED.state
 ),
@@ -71,6 +78,7 @@ l AS (
                      principal_outstanding, version, state)
   SELECT $1, * FROM unnest($12::text[], $13::text[], $14::text[], $15::text[], $16::int8[],
                            $17::int4[], $18::bytea[])
+  WHERE EXISTS (SELECT FROM fence)
   ON CONFLICT (shard_id, loan_id) DO UPDATE SET status = EXCLUDED.status,
     principal_outstanding = EXCLUDED.principal_outstanding, version = EXCLUDED.version,
     state = EXCLUDED.state
@@ -81,16 +89,19 @@ r AS (
   SELECT $1, * FROM unnest($19::text[], $20::text[], $21::text[], $22::text[], $23::text[],
                            $24::int8[], $25::date[], $26::int8[], $27::int8[], $28::int8[],
                            $29::int8[])
+  WHERE EXISTS (SELECT FROM fence)
 ),
 j AS (
   INSERT INTO journal_lines (shard_id, entry_id, line_no, business_date, book, loan_id, cause,
                              kind, account, debit, credit)
   SELECT $1, * FROM unnest($30::text[], $31::int2[], $32::date[], $33::text[], $34::text[],
                            $35::text[], $36::text[], $37::text[], $38::int8[], $39::int8[])
+  WHERE EXISTS (SELECT FROM fence)
 ),
 b AS (
   INSERT INTO account_balances (shard_id, book, account, debit, credit)
   SELECT $1, * FROM unnest($40::text[], $41::text[], $42::int8[], $43::int8[])
+  WHERE EXISTS (SELECT FROM fence)
   ON CONFLICT (shard_id, book, account) DO UPDATE
     SET debit = account_balances.debit + EXCLUDED.debit,
         credit = account_balances.credit + EXCLUDED.credit
@@ -98,8 +109,16 @@ b AS (
 i AS (
   INSERT INTO idempotency (shard_id, partner_id, idem_key, request_hash, status, body)
   SELECT $1, * FROM unnest($44::text[], $45::text[], $46::text[], $47::int2[], $48::bytea[])
+  WHERE EXISTS (SELECT FROM fence)
+),
+p AS (
+  -- no ON CONFLICT: a reference taken meanwhile by another shard fails the whole commit,
+  -- the batch is retried and its prefetch then sees the reference (409).
+  INSERT INTO partner_refs (shard_id, partner_id, kind, ref, object_id)
+  SELECT $1, * FROM unnest($51::text[], $52::text[], $53::text[], $54::text[])
+  WHERE EXISTS (SELECT FROM fence)
 )
-UPDATE shard_lease SET next_seq = $49 WHERE shard_id = $1
+SELECT count(*) FROM fence
 """
 
 
@@ -110,7 +129,7 @@ def _columns(rows: list[tuple[Any, ...]], width: int) -> list[list[Any]]:
     return [list(column) for column in zip(*rows, strict=True)]
 
 
-def _write_args(shard_id: int, diff: Diff) -> list[Any]:
+def _commit_args(shard_id: int, epoch: int, diff: Diff) -> list[Any]:
     customers = _columns(
         [(c.customer_id, c.id_hash, _ENCODER.encode(c)) for c in diff.customers.values()], 3
     )
@@ -159,40 +178,8 @@ def _write_args(shard_id: int, diff: Diff) -> list[Any]:
     )
     return [
         shard_id, *customers, *applications, *loans, *repayments, *lines, *balances,
-        *idempotency, diff.next_seq,
+        *idempotency, diff.next_seq, epoch, *_columns(diff.partner_refs, 4),
     ]
-
-
-class ShardTransaction:
-    def __init__(self, conn: asyncpg.Connection, shard_id: int) -> None:
-        self._conn = conn
-        self._shard_id = shard_id
-
-    async def prefetch(
-        self, idem_keys: list[tuple[str, str]], external_refs: list[tuple[str, str]]
-    ) -> Prefetched:
-        prefetched = Prefetched()
-        if idem_keys:
-            rows = await self._conn.fetch(
-                _PREFETCH_IDEMPOTENCY, self._shard_id,
-                [k[0] for k in idem_keys], [k[1] for k in idem_keys],
-            )
-            for row in rows:
-                record = IdempotencyRecord(
-                    row["partner_id"], row["idem_key"], row["request_hash"], row["status"],
-                    bytes(row["body"]),
-                )
-                prefetched.idempotency[(record.partner_id, record.idem_key)] = record
-        if external_refs:
-            rows = await self._conn.fetch(
-                _PREFETCH_REFS, self._shard_id,
-                [r[0] for r in external_refs], [r[1] for r in external_refs],
-            )
-            prefetched.external_refs = {(row[0], row[1]) for row in rows}
-        return prefetched
-
-    async def write(self, diff: Diff) -> None:
-        await self._conn.execute(_WRITE, *_write_args(self._shard_id, diff))
 
 
 class ShardStore:
@@ -239,11 +226,30 @@ class ShardStore:
                 state.loans[loan.loan_id] = loan
         return state
 
-    @asynccontextmanager
-    async def transaction(self, shard_id: int, epoch: int) -> AsyncIterator[ShardTransaction]:
-        """BEGIN, fence, yield; COMMIT on normal exit, ROLLBACK on any exception."""
-        async with self.pool.acquire() as conn, conn.transaction():
-            status = await conn.execute(_FENCE, shard_id, epoch)
-            if status != "UPDATE 1":
-                raise LeaseLost(f"shard {shard_id}: epoch {epoch} is no longer the owner")
-            yield ShardTransaction(conn, shard_id)
+    async def prefetch(
+        self, shard_id: int, idem_keys: list[tuple[str, str]], refs: list[tuple[str, str, str]]
+    ) -> Prefetched:
+        """refs: (partner_id, kind, ref) that the batch wants to take."""
+        prefetched = Prefetched()
+        if not idem_keys and not refs:
+            return prefetched
+        rows = await self.pool.fetch(
+            _PREFETCH, shard_id, [k[0] for k in idem_keys], [k[1] for k in idem_keys],
+            [r[0] for r in refs], [r[1] for r in refs], [r[2] for r in refs],
+        )
+        for row in rows:
+            if row["kind"] == "i":
+                record = IdempotencyRecord(
+                    row["partner_id"], row["ref"], row["request_hash"], row["status"],
+                    bytes(row["body"]),
+                )
+                prefetched.idempotency[(record.partner_id, record.idem_key)] = record
+            else:
+                prefetched.refs_taken.add((row["partner_id"], row["kind"], row["ref"]))
+        return prefetched
+
+    async def commit(self, shard_id: int, epoch: int, diff: Diff) -> None:
+        """The fenced group commit. Raises LeaseLost (and writes nothing) for a stale epoch."""
+        fenced = await self.pool.fetchval(_COMMIT, *_commit_args(shard_id, epoch, diff))
+        if fenced != 1:
+            raise LeaseLost(f"shard {shard_id}: epoch {epoch} is no longer the owner")

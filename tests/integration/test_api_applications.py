@@ -96,7 +96,10 @@ def test_approval_has_the_shape_of_the_api_example(demo: PartnerClient) -> None:
     assert got["created_on"] == "2026-11-29"
     expected = {
         "reasons": [], "approved_amount": 1_000_000, "annual_rate_bps": 1800,
-        "apr_bps": 1800, "term": 12, "credit_limit": 3_000_000, "expires_on": "2026-12-06",
+        # API.md's example shows 3,000,000, a product-team figure; the dev config's 500 %
+        # is what makes the sandbox rule "income >= 1,000,000 asking <= 5,000,000 is approved"
+        # hold: 1,200,000 x 5 = 6,000,000.
+        "apr_bps": 1800, "term": 12, "credit_limit": 6_000_000, "expires_on": "2026-12-06",
     }
     assert decision_subset(got["decision"], expected) == expected
     # expires_on = business date + 7 days (the offer validity of the sandbox)
@@ -106,13 +109,13 @@ def test_approval_has_the_shape_of_the_api_example(demo: PartnerClient) -> None:
 @pytest.mark.parametrize(
     ("income", "limit"),
     [
-        (1_200_000, 3_000_000),    # API.md's example
-        (1_234_567, 3_080_000),    # 3,086,417.5 floored to 10,000 fen
-        (1_000_000, 2_500_000),    # the minimum income
-        (9_000_000, 20_000_000),   # 22,500,000 capped at 20,000,000
+        (1_200_000, 6_000_000),    # API.md's example applicant
+        (1_234_567, 6_170_000),    # 6,172,835 floored to 10,000 fen
+        (1_000_000, 5_000_000),    # the minimum income: exactly the sandbox's 5,000,000
+        (4_500_000, 20_000_000),   # 22,500,000 capped at 20,000,000
     ],
 )
-def test_credit_limit_is_income_times_250_percent_floored_and_capped(
+def test_credit_limit_is_income_times_500_percent_floored_and_capped(
     demo: PartnerClient, income: int, limit: int
 ) -> None:
     got = submit(demo, app_body(amount=1_000_000, income=income))
@@ -157,8 +160,6 @@ def test_other_products_and_terms_are_approved_with_their_own_terms(
         ("income_999_999", "declined", ["income_low"]),
         ("amount_over_5m", "manual_review", ["amount_review"]),
         ("amount_exactly_5m", "approved", []),
-        ("amount_over_limit", "declined", ["limit_exceeded"]),
-        ("amount_exactly_limit", "approved", []),
     ],
 )
 def test_decision_rules_of_the_sandbox(
@@ -192,10 +193,6 @@ def test_decision_rules_of_the_sandbox(
             kwargs.update(amount=5_000_001, income=4_000_000)  # limit 10,000,000
         case "amount_exactly_5m":
             kwargs.update(amount=5_000_000, income=4_000_000)
-        case "amount_over_limit":
-            kwargs["amount"] = 3_000_001  # limit 3,000,000 for income 1,200,000
-        case "amount_exactly_limit":
-            kwargs["amount"] = 3_000_000
     response = demo.post("/v1/applications", app_body(**kwargs))
 
     assert response.status_code == 201, response.text
@@ -206,6 +203,20 @@ def test_decision_rules_of_the_sandbox(
         assert got["decision"].get("approved_amount") is None
     else:
         assert got["decision"]["approved_amount"] == kwargs["amount"]
+
+
+def test_amount_over_the_available_limit_is_declined(demo: PartnerClient) -> None:
+    """Income 1,000,000 → limit 5,000,000; with 4,000,000 booked, 1,000,000 more fits exactly
+    and 1,000,001 does not."""
+    id_no = fresh_id()
+    first = submit(demo, app_body(amount=4_000_000, income=1_000_000, id_no=id_no))
+    assert first["status"] == "approved", first
+    booked = demo.post("/v1/loans", {"application_id": first["application_id"]})
+    assert booked.status_code == 201, booked.text
+    over = submit(demo, app_body(amount=1_000_001, income=1_000_000, id_no=id_no))
+    assert (over["status"], over["decision"]["reasons"]) == ("declined", ["limit_exceeded"])
+    exact = submit(demo, app_body(amount=1_000_000, income=1_000_000, id_no=id_no))
+    assert exact["status"] == "approved", exact
 
 
 def test_a_declined_application_is_readable_with_its_reasons(demo: PartnerClient) -> None:
@@ -396,8 +407,8 @@ def test_one_person_is_one_customer_across_applications_and_partners(
     assert response.status_code == 200, response.text
     customer = response.json()
     assert customer["customer_id"] == customer_id
-    assert customer["credit_limit"] == 3_000_000
-    assert customer["available_limit"] == 3_000_000
+    assert customer["credit_limit"] == via_demo2["decision"]["credit_limit"]
+    assert customer["available_limit"] == customer["credit_limit"]
     assert customer["loan_ids"] == []
     # Masked, never clear.
     assert id_no not in response.text

@@ -190,8 +190,8 @@ def test_booking_an_approved_application_returns_the_loan_view(demo: PartnerClie
     # The application now knows its loan, and the customer its loan and limit.
     customer = demo.get(f"/v1/customers/{app['customer_id']}").json()
     assert customer["loan_ids"] == [loan["loan_id"]]
-    assert customer["credit_limit"] == 3_000_000
-    assert customer["available_limit"] == 2_000_000
+    assert customer["credit_limit"] == app["decision"]["credit_limit"]
+    assert customer["available_limit"] == app["decision"]["credit_limit"] - 1_000_000
 
 
 def test_booking_twice_is_409_already_booked(demo: PartnerClient) -> None:
@@ -204,7 +204,7 @@ def test_booking_twice_is_409_already_booked(demo: PartnerClient) -> None:
 
     customer = demo.get(f"/v1/customers/{app['customer_id']}").json()
     assert customer["loan_ids"] == [first.json()["loan_id"]]
-    assert customer["available_limit"] == 3_000_000 - 1_000_000
+    assert customer["available_limit"] == app["decision"]["credit_limit"] - 1_000_000
 
 
 @pytest.mark.parametrize(
@@ -261,31 +261,41 @@ def test_invalid_booking_request_is_400(
 
 
 def test_booking_beyond_the_available_limit_is_422(demo: PartnerClient) -> None:
+    """Two offers of one customer, each inside the limit, together above it: both are
+    approved (nothing is booked yet); the first books, the second is 422. The amounts derive
+    from the limit the decision reports (its formula is tested in test_api_applications;
+    for income 1,200,000 it is 3,000,000, so the amounts are 2,000,000 and 1,010,000)."""
     id_no = fresh_id()
-    # Both are approved: nothing is booked yet, and each fits the 3,000,000 limit.
     first = approved(demo, id_no=id_no, amount=2_000_000, income=1_200_000)
-    second = approved(demo, id_no=id_no, amount=2_000_000, income=1_200_000)
+    limit = first["decision"]["credit_limit"]
+    second_amount = limit - 2_000_000 + 10_000
+    assert 100_000 <= second_amount <= 5_000_000
+    second = approved(demo, id_no=id_no, amount=second_amount, income=1_200_000)
     assert first["customer_id"] == second["customer_id"]
-    assert first["decision"]["credit_limit"] == 3_000_000
 
     booked = book(demo, first["application_id"])
     assert booked.status_code == 201, booked.text
 
     assert_error(book(demo, second["application_id"]), 422, "limit_exceeded")
 
-    # Nothing changed: one loan, 1,000,000 still available, the offer still unbooked.
+    # Nothing changed: one loan, limit − 2,000,000 still available, the offer unbooked.
     customer = demo.get(f"/v1/customers/{first['customer_id']}").json()
     assert customer["loan_ids"] == [booked.json()["loan_id"]]
-    assert customer["available_limit"] == 1_000_000
+    assert customer["available_limit"] == limit - 2_000_000
     still = demo.get(f"/v1/applications/{second['application_id']}").json()
     assert still["status"] == "approved"
     assert still.get("loan_id") is None
 
-    # A third application of the same person above what is left is declined.
-    third = demo.post("/v1/applications", app_body(id_no=id_no, amount=1_000_001))
+    # A third application of the same person above what is left is declined...
+    third = demo.post("/v1/applications", app_body(id_no=id_no, amount=limit - 2_000_000 + 1))
     assert third.status_code == 201, third.text
     assert third.json()["status"] == "declined"
     assert third.json()["decision"]["reasons"] == ["limit_exceeded"]
+    # ...and one of exactly what is left is approved and books.
+    fourth = approved(demo, id_no=id_no, amount=limit - 2_000_000)
+    assert book(demo, fourth["application_id"]).status_code == 201
+    customer = demo.get(f"/v1/customers/{first['customer_id']}").json()
+    assert customer["available_limit"] == 0
 
 
 def test_another_partner_cannot_read_the_loan(

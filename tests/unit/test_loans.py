@@ -41,7 +41,7 @@ def make_loan(
         customer_id="CU-0000-0000000001", partner_id="demo", product_code="P",
         product_version=1, book=ledger.OWN_BOOK, annual_rate_bps=rate, apr_bps=rate,
         repayment_method=method, allocation=allocation, prepayment_fee_bps=prepayment_fee_bps,
-        disbursed_on=DISBURSED, payee="borrower", schedule=schedule,
+        disbursed_on=DISBURSED, payee="borrower", term=term, schedule=schedule,
     )
 
 
