@@ -28,6 +28,7 @@ from lending.decision import RiskPolicy
 from lending.products import ProductCatalog, load_catalog
 from lending.shard_state import ApplyContext
 from storage import cluster_store
+from storage.db import create_pool
 from storage.shard_store import ShardStore
 
 log = logging.getLogger("lendcore.host")
@@ -67,9 +68,7 @@ class ShardHostCore:
     async def _start(self) -> None:
         cfg = self.config
         catalog: ProductCatalog = load_catalog(Path(cfg.products_dir), cfg.policy.apr_cap_bps)
-        self._pool = await asyncpg.create_pool(
-            cfg.pg_dsn, min_size=1, max_size=cfg.pool_size, command_timeout=30
-        )
+        self._pool = await create_pool(cfg.pg_dsn, cfg.pool_size)
         self._redis = aioredis.from_url(cfg.redis_url)
         business_date: date = await cluster_store.business_date(self._pool)
         self._context = ApplyContext(business_date, catalog, cfg.policy)

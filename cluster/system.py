@@ -36,6 +36,7 @@ from gateway.router import HostChannel, ShardRouter
 from lending.decision import RiskPolicy
 from lending.products import load_catalog
 from storage import cluster_store
+from storage.db import create_pool
 from storage.migrate import migrate
 
 log = logging.getLogger("lendcore.system")
@@ -87,9 +88,7 @@ class System:
 
     async def start(self) -> None:
         settings = self.settings
-        self._pool = await asyncpg.create_pool(
-            self.pg_dsn, min_size=1, max_size=settings.storage.pool_size_gateway
-        )
+        self._pool = await create_pool(self.pg_dsn, settings.storage.pool_size_gateway)
         async with self._pool.acquire() as conn:
             applied = await migrate(conn)
             if applied:
