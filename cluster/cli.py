@@ -8,10 +8,21 @@ from pathlib import Path
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["sign"]:
+        # `sign` has its own options (--exec, --partner ...): hand them over untouched.
+        from cluster.signcurl import main as sign_main
+
+        return sign_main(argv[1:])
     parser = argparse.ArgumentParser(prog="lendcore", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     up = commands.add_parser("up", help="start the whole system")
     up.add_argument("--config", type=Path, help="a TOML file layered over config/default.toml")
+    sign = commands.add_parser(
+        "sign", help="print (or --exec) a signed partner request; see `lendcore sign -h`",
+        add_help=False,
+    )
+    sign.add_argument("sign_args", nargs="*")
     test = commands.add_parser("test", help="ruff, mypy and the whole pytest suite")
     test.add_argument("pytest_args", nargs="*", help="extra arguments for pytest")
     bench = commands.add_parser("bench", help="measure the running stack (see loadtests/)")
