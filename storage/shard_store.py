@@ -219,13 +219,14 @@ class ShardStore:
         return state
 
     async def prefetch(
-        self, shard_id: int, idem_keys: list[tuple[str, str]], refs: list[tuple[str, str, str]]
+        self, conn: asyncpg.Connection, shard_id: int, idem_keys: list[tuple[str, str]],
+        refs: list[tuple[str, str, str]],
     ) -> Prefetched:
         """refs: (partner_id, kind, ref) that the batch wants to take."""
         prefetched = Prefetched()
         if not idem_keys and not refs:
             return prefetched
-        rows = await self.pool.fetch(
+        rows = await conn.fetch(
             _PREFETCH, shard_id, [k[0] for k in idem_keys], [k[1] for k in idem_keys],
             [r[0] for r in refs], [r[1] for r in refs], [r[2] for r in refs],
         )
@@ -240,8 +241,10 @@ class ShardStore:
                 prefetched.refs_taken.add((row["partner_id"], row["kind"], row["ref"]))
         return prefetched
 
-    async def commit(self, shard_id: int, epoch: int, diff: Diff) -> None:
+    async def commit(
+        self, conn: asyncpg.Connection, shard_id: int, epoch: int, diff: Diff
+    ) -> None:
         """The fenced group commit. Raises LeaseLost (and writes nothing) for a stale epoch."""
-        fenced = await self.pool.fetchval(_COMMIT, *_commit_args(shard_id, epoch, diff))
+        fenced = await conn.fetchval(_COMMIT, *_commit_args(shard_id, epoch, diff))
         if fenced != 1:
             raise LeaseLost(f"shard {shard_id}: epoch {epoch} is no longer the owner")
