@@ -79,12 +79,17 @@ class ShardHostCore:
             )
         await asyncio.gather(*(self._activate(core) for core in self.shards.values()))
 
-    async def _reset_after_failed_start(self) -> None:
-        """Close what a failed start opened, so the next call starts from scratch."""
+    async def _reset_after_failed_start(self, failed: asyncio.Task[None] | None) -> None:
+        """Undo what a failed start opened, so the next call starts from scratch. Only the
+        first caller that saw this start fail resets (a later one must not tear down a
+        newer start)."""
+        if failed is None or self._start_task is not failed:
+            return
         self._start_task = None
-        self.shards = {}
+        shards, self.shards = self.shards, {}
+        await asyncio.gather(*(core.stop() for core in shards.values()))
         if self._pool is not None:
-            await self._pool.close()
+            self._pool.terminate()  # close() would wait for connections a bug may still hold
             self._pool = None
         if self._redis is not None:
             await self._redis.aclose()
@@ -128,11 +133,12 @@ class ShardHostCore:
 
     async def submit(self, payload: bytes) -> bytes:
         envelopes = BATCH_DECODER.decode(payload)
+        starting = self._start_task
         try:
             await self.ensure_started()
         except Exception as exc:  # whatever stops the start, answer (and retry later)
             log.exception("shard host %s cannot start", self.config.host_id)
-            await self._reset_after_failed_start()
+            await self._reset_after_failed_start(starting or self._start_task)
             reason = f"shard host {self.config.host_id} cannot start: {exc}"
             return BATCH_ENCODER.encode([unavailable(reason)] * len(envelopes))
         futures: list[asyncio.Future[Reply]] = []

@@ -19,7 +19,7 @@ DEFAULT_CONFIG = PROJECT_ROOT / "config" / "default.toml"
 
 class StorageSettings(msgspec.Struct, forbid_unknown_fields=True):
     pg_dsn: str = ""
-    pool_size_per_host: int = 8
+    pool_size_per_host: int = 10
     pool_size_gateway: int = 4
 
 
@@ -178,6 +178,13 @@ def _validate(settings: Settings) -> None:
         raise ConfigError("cluster.logical_shards must be in 1..4096")
     if not 1 <= cluster.shard_hosts <= cluster.logical_shards:
         raise ConfigError("cluster.shard_hosts must be in 1..logical_shards")
+    shards_per_host = -(-cluster.logical_shards // cluster.shard_hosts)
+    if settings.storage.pool_size_per_host < shards_per_host + 1:
+        # each serving shard holds a connection; one more for loads and lease checks
+        raise ConfigError(
+            f"storage.pool_size_per_host must be at least {shards_per_host + 1} "
+            f"(shards per host + 1)"
+        )
     if not 1 <= settings.shard.batch_max <= 10000:
         raise ConfigError("shard.batch_max must be in 1..10000")
     for name in ("pii_key_hex", "hash_key_hex"):

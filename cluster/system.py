@@ -244,7 +244,7 @@ class System:
                 "commands": live.get("commands", 0),
                 "batches": live.get("batches", 0),
                 "loans": live.get("loans", 0),
-                "restarts": max(0, lease["epoch"] - 1),
+                "takeovers": max(0, lease["epoch"] - 1),
             })
         return {
             "nodes": [

@@ -8,7 +8,7 @@ CREATE TABLE cluster_meta (
 );
 
 -- One row per logical shard. epoch increases on every takeover; each group commit begins with
--- UPDATE ... WHERE epoch = <mine>, so a stale owner's transaction touches zero rows and rolls back.
+-- UPDATE ... WHERE epoch = <mine>, so a stale owner's commit matches zero rows and writes nothing.
 CREATE TABLE shard_lease (
     shard_id   integer PRIMARY KEY,
     owner      text,

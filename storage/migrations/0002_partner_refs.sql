@@ -14,7 +14,9 @@ CREATE TABLE partner_refs (
 );
 
 INSERT INTO partner_refs (partner_id, kind, ref, shard_id, object_id)
-SELECT partner_id, 'repayment', external_ref, shard_id, repayment_id FROM repayments;
+SELECT partner_id, 'repayment', external_ref, shard_id, repayment_id FROM repayments
+ON CONFLICT DO NOTHING;  -- a ref used on two shards before this table: keep one, start up
 INSERT INTO partner_refs (partner_id, kind, ref, shard_id, object_id)
 SELECT partner_id, 'application', partner_application_id, shard_id, application_id
-FROM applications;
+FROM applications
+ON CONFLICT DO NOTHING;

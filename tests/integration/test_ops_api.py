@@ -175,7 +175,7 @@ def test_cluster_has_16_serving_shards(ops: httpx.Client) -> None:
         assert shard["epoch"] >= 1, shard
         assert shard["state"] == "serving", shard
         assert "queue_depth" in shard and shard["queue_depth"] >= 0
-        assert "restarts" in shard
+        assert shard["takeovers"] == shard["epoch"] - 1
     assert body["nodes"], body
 
 
