@@ -9,6 +9,9 @@
 5. the same paced open-loop at 2,000/s: `p99_at_2000_ms`;
 6. batch repayments, 1,000 items per request: `batch_rps` (items committed per second);
 7. the trial balance must balance; SIGTERM must stop the system with exit code 0.
+During step 4 the CPU time of every process on the machine is sampled: `cpu_ms_<role>` is
+CPU milliseconds per single-request repayment spent by the gateway, the shard hosts,
+Postgres, Redis, the load generator and everything else; it shows where the time goes.
 The last line printed is `key=value` pairs. Targets are reported, not asserted: the exit
 code is non-zero only when something went wrong (unexpected statuses, unbalanced books, a
 failed start or stop).
@@ -34,6 +37,7 @@ from pathlib import Path
 import asyncpg
 import httpx
 import msgspec
+import psutil
 import uvloop
 
 from cluster.config import PROJECT_ROOT, load_settings
@@ -52,6 +56,8 @@ PACED_RATE = 2000.0
 REPAY_AMOUNT = 100  # fen: small, so a loan takes thousands of repayments before it is paid
 READY_TIMEOUT_S = 180
 SEED_CONNECTIONS = 32
+# where the CPU of one single-request repayment goes (ms per request, whole machine)
+CPU_ROLES = ("gateway", "shard_hosts", "postgres", "redis", "loadgen", "other")
 
 
 def _free_port() -> int:
@@ -167,6 +173,44 @@ def batch_factory(loans: list[str], hostport: str, run_id: str):
     return next_request
 
 
+def cpu_snapshot() -> dict[int, tuple[str, float]]:
+    """pid → (role, CPU seconds so far) of every process on the machine."""
+    snapshot = {}
+    for proc in psutil.process_iter(["name", "cmdline", "cpu_times"]):
+        times = proc.info["cpu_times"]
+        if times is None:
+            continue
+        snapshot[proc.pid] = (_role(proc), times.user + times.system)
+    return snapshot
+
+
+def _role(proc: psutil.Process) -> str:
+    name = proc.info["name"] or ""
+    cmdline = " ".join(proc.info["cmdline"] or [])
+    if proc.pid == os.getpid():
+        return "loadgen"
+    if "ShardHost" in name or "ShardHostActor" in cmdline:
+        return "shard_hosts"
+    if "cluster.cli up" in cmdline:
+        return "gateway"
+    if name.startswith("postgres") or cmdline.startswith("postgres"):
+        return "postgres"
+    if name.startswith("redis"):
+        return "redis"
+    return "other"
+
+
+def cpu_ms_per_request(
+    before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]], requests: int
+) -> dict[str, float]:
+    """CPU milliseconds each role spent per request between two snapshots."""
+    spent: dict[str, float] = {}
+    for pid, (role, seconds) in after.items():
+        delta = seconds - before.get(pid, (role, 0.0))[1]
+        spent[role] = spent.get(role, 0.0) + max(0.0, delta)
+    return {role: seconds * 1000 / max(1, requests) for role, seconds in spent.items()}
+
+
 class BatchCounter:
     def __init__(self) -> None:
         self.items_ok = 0
@@ -191,10 +235,12 @@ async def load_phases(
     loans = await seed_loans(host, api_port, loans_wanted)
     seed_s = time.perf_counter() - started
     run_id = uuid.uuid4().hex[:8]
+    cpu_before = cpu_snapshot()
     single = await run_load(
         host, api_port, repayment_factory(loans, hostport, run_id + "s"),
         connections=CONNECTIONS, duration_s=duration_s,
     )
+    cpu = cpu_ms_per_request(cpu_before, cpu_snapshot(), single.requests)
     paced = await run_load(
         host, api_port, repayment_factory(loans, hostport, run_id + "p"),
         connections=CONNECTIONS, duration_s=duration_s, rate_per_s=PACED_RATE,
@@ -214,6 +260,7 @@ async def load_phases(
         "p99_at_2000_ms": paced.percentile_ms(0.99),
         "batch_rps": counter.items_ok / batch.elapsed_s,
         "errors": single.errors + paced.errors + batch.errors + counter.items_failed,
+        **{f"cpu_ms_{role}": cpu.get(role, 0.0) for role in CPU_ROLES},
     }
 
 
@@ -314,9 +361,11 @@ def run_bench(
         "up_ready_s": ready_s,
     })
     order = ["repay_rps", "repay_ratio", "batch_rps", "p50_ms", "p99_ms", "p99_at_2000_ms",
-             "paced_rps", "baseline_rps", "up_ready_s", "loans", "seed_s", "errors"]
-    parts = [f"{k}={figures[k]:.3f}" if k == "repay_ratio" else f"{k}={figures[k]:.1f}"
-             if isinstance(figures[k], float) else f"{k}={figures[k]}" for k in order]
+             "paced_rps", "baseline_rps", "up_ready_s", "loans", "seed_s", "errors",
+             *(f"cpu_ms_{role}" for role in CPU_ROLES)]
+    parts = [f"{k}={figures[k]:.3f}" if k == "repay_ratio" or k.startswith("cpu_ms")
+             else f"{k}={figures[k]:.1f}" if isinstance(figures[k], float)
+             else f"{k}={figures[k]}" for k in order]
     parts += [f"balanced={str(balanced).lower()}", f"up_exit={exit_code}"]
     print(" ".join(parts), flush=True)
     return 0 if balanced and exit_code == 0 and figures["errors"] == 0 else 1
