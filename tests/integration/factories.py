@@ -1,21 +1,52 @@
-"""Request bodies for the integration tests."""
+"""Request bodies and HTTP helpers shared by the integration tests."""
 
 from __future__ import annotations
 
 import itertools
+import random
 import uuid
-from datetime import date
+from datetime import date, timedelta
 from typing import Any
 
+import httpx
+
 from lending.identity import make_id_number
+from loadtests.client import PartnerClient
 
 _sequence = itertools.count(100)
+_rng = random.Random(uuid.uuid4().int)
+
+
+# ---- ID numbers -------------------------------------------------------------------------------
 
 
 def id_number(birth: date = date(1990, 3, 7), sequence: int | None = None) -> str:
     """A valid ID; sequences cycle through 100..899 (900–999 means a bad credit file)."""
     seq = next(_sequence) % 800 + 100 if sequence is None else sequence
     return make_id_number("110105", birth, seq)
+
+
+def fresh_id(*, birth: date | None = None, sequence: int | None = None) -> str:
+    """A valid ID number nobody else in the session uses (random birth date 1975–1999,
+    random sequence 100..899), unless the birth date or the sequence is given."""
+    if birth is None:
+        birth = date(1975, 1, 1) + timedelta(days=_rng.randrange(365 * 25))
+    if sequence is None:
+        sequence = _rng.randrange(100, 900)
+    return make_id_number("110105", birth, sequence)
+
+
+def with_bad_check_digit(id_no: str) -> str:
+    wrong = next(c for c in "0123456789X" if c != id_no[-1])
+    return id_no[:-1] + wrong
+
+
+def ref() -> str:
+    """A fresh external_ref for a repayment."""
+    return f"P-{uuid.uuid4().hex}"
+
+
+# ---- request bodies ---------------------------------------------------------------------------
 
 
 def application(
@@ -38,3 +69,78 @@ def application(
     }
     body.update(overrides)
     return body
+
+
+def app_body(**kwargs: Any) -> dict[str, Any]:
+    """An application body with a fresh applicant, device and IP (velocity never trips)."""
+    kwargs.setdefault("id_no", fresh_id())
+    body = application(**kwargs)
+    body["device"] = {
+        "device_id": f"d-{uuid.uuid4().hex}",
+        "ip": f"10.{_rng.randrange(256)}.{_rng.randrange(256)}.{_rng.randrange(1, 255)}",
+    }
+    return body
+
+
+# ---- responses --------------------------------------------------------------------------------
+
+
+def assert_error(
+    response: httpx.Response, status: int, code: str, field: str | None = None
+) -> dict[str, Any]:
+    """API.md "Errors": {"error": {"code", "message", "field"?}}."""
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body) == {"error"}, body
+    error = body["error"]
+    assert set(error) <= {"code", "message", "field"}, error
+    assert error["code"] == code, error
+    assert isinstance(error["message"], str) and error["message"], error
+    if field is not None:
+        assert error.get("field") == field, error
+    return error
+
+
+# ---- partner API calls ------------------------------------------------------------------------
+
+
+def submit(client: PartnerClient, body: dict[str, Any]) -> dict[str, Any]:
+    """POST an application body; it must be created (201), whatever the decision."""
+    response = client.post("/v1/applications", body)
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+def approved(client: PartnerClient, **kwargs: Any) -> dict[str, Any]:
+    """An application of app_body(**kwargs) that must be created and approved."""
+    got = submit(client, app_body(**kwargs))
+    assert got["status"] == "approved", got
+    return got
+
+
+def book(client: PartnerClient, application_id: str) -> httpx.Response:
+    return client.post("/v1/loans", {"application_id": application_id})
+
+
+def new_loan(
+    client: PartnerClient, amount: int = 1_000_000, id_no: str | None = None, **kwargs: Any
+) -> dict[str, Any]:
+    """An approved application of a fresh applicant (unless id_no is given), booked."""
+    app = approved(client, amount=amount, id_no=id_no or fresh_id(), **kwargs)
+    booked = book(client, app["application_id"])
+    assert booked.status_code == 201, booked.text
+    return booked.json()
+
+
+def get_loan(client: PartnerClient, loan_id: str) -> dict[str, Any]:
+    response = client.get(f"/v1/loans/{loan_id}")
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def repay(
+    client: PartnerClient, loan_id: str, amount: Any, kind: str = "regular",
+    external_ref: str | None = None, key: str | None = None,
+) -> httpx.Response:
+    body = {"amount": amount, "external_ref": external_ref or ref(), "kind": kind}
+    return client.post(f"/v1/loans/{loan_id}/repayments", body, key=key)

@@ -8,71 +8,19 @@ back from the code under test. Every applicant gets a fresh ID number so that cu
 from __future__ import annotations
 
 import json
-import random
 import re
-import uuid
 from datetime import date, timedelta
 from typing import Any
 
-import httpx
 import pytest
-from factories import application
+from factories import app_body, assert_error, fresh_id, submit, with_bad_check_digit
 
-from lending.identity import make_id_number
 from loadtests.client import PartnerClient
 
 BUSINESS_DATE = date(2026, 11, 29)
-_rng = random.Random(uuid.uuid4().int)
 
 
 # ---- helpers --------------------------------------------------------------------------------
-
-
-def fresh_id(birth: date | None = None, sequence: int | None = None) -> str:
-    """A valid ID number nobody else in the session uses (random birth date 1975–1999)."""
-    if birth is None:
-        birth = date(1975, 1, 1) + timedelta(days=_rng.randrange(365 * 25))
-    if sequence is None:
-        sequence = _rng.randrange(100, 900)
-    return make_id_number("110105", birth, sequence)
-
-
-def with_bad_check_digit(id_no: str) -> str:
-    wrong = next(c for c in "0123456789X" if c != id_no[-1])
-    return id_no[:-1] + wrong
-
-
-def app_body(**kwargs: Any) -> dict[str, Any]:
-    """An application body with a fresh applicant, device and IP (velocity never trips)."""
-    kwargs.setdefault("id_no", fresh_id())
-    body = application(**kwargs)
-    body["device"] = {
-        "device_id": f"d-{uuid.uuid4().hex}",
-        "ip": f"10.{_rng.randrange(256)}.{_rng.randrange(256)}.{_rng.randrange(1, 255)}",
-    }
-    return body
-
-
-def assert_error(
-    response: httpx.Response, status: int, code: str, field: str | None = None
-) -> dict[str, Any]:
-    """API.md "Errors": {"error": {"code", "message", "field"?}}."""
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert set(body) == {"error"}, body
-    error = body["error"]
-    assert set(error) <= {"code", "message", "field"}, error
-    assert error["code"] == code, error
-    assert isinstance(error["message"], str) and error["message"], error
-    if field is not None:
-        assert error.get("field") == field, error
-    return error
-
-
-def submit(client: PartnerClient, body: dict[str, Any]) -> dict[str, Any]:
-    response = client.post("/v1/applications", body)
-    assert response.status_code == 201, response.text
-    return response.json()
 
 
 def decision_subset(decision: dict[str, Any], expected: dict[str, Any]) -> dict[str, Any]:

@@ -2,79 +2,30 @@
 
 from __future__ import annotations
 
-import random
 import threading
 import time
 import uuid
-from datetime import date, timedelta
 from typing import Any
 
 import httpx
 import msgspec
 import pytest
-from factories import application
+from factories import app_body, assert_error, get_loan, new_loan, ref
 
 from gateway.signing import signed_headers
-from lending.identity import make_id_number
 from loadtests.client import PartnerClient
 
 P = 1_000_000
 FIRST_PRINCIPAL = 76_680
 FIRST_TOTAL = 91_680
 DEMO_SECRET = b"demo-secret-change-me"
-_rng = random.Random(uuid.uuid4().int)
 
 
 # ---- helpers --------------------------------------------------------------------------------
 
 
-def fresh_id() -> str:
-    birth = date(1975, 1, 1) + timedelta(days=_rng.randrange(365 * 25))
-    return make_id_number("110105", birth, _rng.randrange(100, 900))
-
-
-def ref() -> str:
-    return f"P-{uuid.uuid4().hex}"
-
-
-def app_body(**kwargs: Any) -> dict[str, Any]:
-    kwargs.setdefault("id_no", fresh_id())
-    body = application(**kwargs)
-    body["device"] = {
-        "device_id": f"d-{uuid.uuid4().hex}",
-        "ip": f"10.{_rng.randrange(256)}.{_rng.randrange(256)}.{_rng.randrange(1, 255)}",
-    }
-    return body
-
-
-def assert_error(
-    response: httpx.Response, status: int, code: str, field: str | None = None
-) -> dict[str, Any]:
-    """API.md "Errors": {"error": {"code", "message", "field"?}}."""
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert set(body) == {"error"}, body
-    error = body["error"]
-    assert set(error) <= {"code", "message", "field"}, error
-    assert error["code"] == code, error
-    assert isinstance(error["message"], str) and error["message"], error
-    if field is not None:
-        assert error.get("field") == field, error
-    return error
-
-
-def new_loan(client: PartnerClient, amount: int = P) -> dict[str, Any]:
-    app = client.post("/v1/applications", app_body(amount=amount))
-    assert app.status_code == 201 and app.json()["status"] == "approved", app.text
-    booked = client.post("/v1/loans", {"application_id": app.json()["application_id"]})
-    assert booked.status_code == 201, booked.text
-    return booked.json()
-
-
 def outstanding_principal(client: PartnerClient, loan_id: str) -> int:
-    response = client.get(f"/v1/loans/{loan_id}")
-    assert response.status_code == 200, response.text
-    return int(response.json()["outstanding"]["principal"])
+    return int(get_loan(client, loan_id)["outstanding"]["principal"])
 
 
 def send(

@@ -6,69 +6,20 @@ half-up rounding, independently of lending.schedules.
 
 from __future__ import annotations
 
-import random
-import uuid
-from datetime import date, timedelta
+from datetime import date
 from fractions import Fraction
 from math import floor
 from typing import Any
 
-import httpx
 import pytest
-from factories import application
+from factories import app_body, approved, assert_error, book, fresh_id
 
-from lending.identity import make_id_number
 from loadtests.client import PartnerClient
 
 DISBURSED_ON = date(2026, 11, 29)
-_rng = random.Random(uuid.uuid4().int)
 
 
 # ---- helpers --------------------------------------------------------------------------------
-
-
-def fresh_id(sequence: int | None = None) -> str:
-    birth = date(1975, 1, 1) + timedelta(days=_rng.randrange(365 * 25))
-    return make_id_number(
-        "110105", birth, _rng.randrange(100, 900) if sequence is None else sequence
-    )
-
-
-def app_body(**kwargs: Any) -> dict[str, Any]:
-    kwargs.setdefault("id_no", fresh_id())
-    body = application(**kwargs)
-    body["device"] = {
-        "device_id": f"d-{uuid.uuid4().hex}",
-        "ip": f"10.{_rng.randrange(256)}.{_rng.randrange(256)}.{_rng.randrange(1, 255)}",
-    }
-    return body
-
-
-def assert_error(
-    response: httpx.Response, status: int, code: str, field: str | None = None
-) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert set(body) == {"error"}, body
-    error = body["error"]
-    assert set(error) <= {"code", "message", "field"}, error
-    assert error["code"] == code, error
-    assert isinstance(error["message"], str) and error["message"], error
-    if field is not None:
-        assert error.get("field") == field, error
-    return error
-
-
-def approved(client: PartnerClient, **kwargs: Any) -> dict[str, Any]:
-    response = client.post("/v1/applications", app_body(**kwargs))
-    assert response.status_code == 201, response.text
-    got = response.json()
-    assert got["status"] == "approved", got
-    return got
-
-
-def book(client: PartnerClient, application_id: str) -> httpx.Response:
-    return client.post("/v1/loans", {"application_id": application_id})
 
 
 def half_up(x: Fraction) -> int:
@@ -218,7 +169,7 @@ def test_booking_an_application_that_is_not_approved_is_409_invalid_state(
     demo: PartnerClient, kwargs: dict[str, Any], status: str
 ) -> None:
     if "sequence" in kwargs:
-        kwargs = {"id_no": fresh_id(kwargs["sequence"])}
+        kwargs = {"id_no": fresh_id(sequence=kwargs["sequence"])}
     response = demo.post("/v1/applications", app_body(**kwargs))
     assert response.status_code == 201, response.text
     app = response.json()

@@ -6,79 +6,22 @@ its first installment is API.md's example: 76,680 principal + 15,000 interest = 
 
 from __future__ import annotations
 
-import random
 import uuid
-from datetime import date, timedelta
 from typing import Any
 
 import httpx
 import pytest
-from factories import application
+from factories import assert_error, fresh_id, get_loan, new_loan, ref, repay
 
-from lending.identity import make_id_number
 from loadtests.client import PartnerClient
 
 P = 1_000_000
 FIRST_PRINCIPAL = 76_680
 FIRST_INTEREST = 15_000
 FIRST_TOTAL = 91_680
-_rng = random.Random(uuid.uuid4().int)
 
 
 # ---- helpers --------------------------------------------------------------------------------
-
-
-def fresh_id() -> str:
-    birth = date(1975, 1, 1) + timedelta(days=_rng.randrange(365 * 25))
-    return make_id_number("110105", birth, _rng.randrange(100, 900))
-
-
-def ref() -> str:
-    return f"P-{uuid.uuid4().hex}"
-
-
-def assert_error(
-    response: httpx.Response, status: int, code: str, field: str | None = None
-) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert set(body) == {"error"}, body
-    error = body["error"]
-    assert set(error) <= {"code", "message", "field"}, error
-    assert error["code"] == code, error
-    assert isinstance(error["message"], str) and error["message"], error
-    if field is not None:
-        assert error.get("field") == field, error
-    return error
-
-
-def new_loan(
-    client: PartnerClient, amount: int = P, id_no: str | None = None, **kwargs: Any
-) -> dict[str, Any]:
-    body = application(amount=amount, id_no=id_no or fresh_id(), **kwargs)
-    body["device"] = {
-        "device_id": f"d-{uuid.uuid4().hex}",
-        "ip": f"10.{_rng.randrange(256)}.{_rng.randrange(256)}.{_rng.randrange(1, 255)}",
-    }
-    app = client.post("/v1/applications", body)
-    assert app.status_code == 201 and app.json()["status"] == "approved", app.text
-    booked = client.post("/v1/loans", {"application_id": app.json()["application_id"]})
-    assert booked.status_code == 201, booked.text
-    return booked.json()
-
-
-def repay(
-    client: PartnerClient, loan_id: str, amount: Any, kind: str = "regular",
-    external_ref: str | None = None, key: str | None = None,
-) -> httpx.Response:
-    body = {"amount": amount, "external_ref": external_ref or ref(), "kind": kind}
-    return client.post(f"/v1/loans/{loan_id}/repayments", body, key=key)
-
-
-def get_loan(client: PartnerClient, loan_id: str) -> dict[str, Any]:
-    response = client.get(f"/v1/loans/{loan_id}")
-    assert response.status_code == 200, response.text
-    return response.json()
 
 
 ZERO_PAID = {"principal": 0, "interest": 0, "penalty": 0, "fee": 0}

@@ -3,38 +3,19 @@
 from __future__ import annotations
 
 import json
-import random
-import uuid
 from collections.abc import Iterator
-from datetime import date, timedelta
 from typing import Any
 
 import httpx
 import pytest
-from factories import application
+from factories import assert_error, new_loan, repay
 
-from lending.identity import make_id_number
 from loadtests.client import PartnerClient
 
 TOKEN = "dev-admin-token-change-me"
-_rng = random.Random(uuid.uuid4().int)
 
 
 # ---- helpers --------------------------------------------------------------------------------
-
-
-def fresh_id() -> str:
-    birth = date(1975, 1, 1) + timedelta(days=_rng.randrange(365 * 25))
-    return make_id_number("110105", birth, _rng.randrange(100, 900))
-
-
-def assert_error(response: httpx.Response, status: int, code: str) -> None:
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert set(body) == {"error"}, body
-    assert set(body["error"]) <= {"code", "message", "field"}, body
-    assert body["error"]["code"] == code, body
-    assert isinstance(body["error"]["message"], str) and body["error"]["message"]
 
 
 @pytest.fixture
@@ -115,20 +96,11 @@ def test_trial_balance_moves_exactly_with_a_booking_and_a_repayment(
     before_own = trial_balance(ops, "?book=own")
 
     principal = 1_234_500
-    body = application(amount=principal, id_no=fresh_id())
-    body["device"] = {"device_id": f"d-{uuid.uuid4().hex}", "ip": "10.77.0.1"}
-    app = demo.post("/v1/applications", body)
-    assert app.status_code == 201 and app.json()["status"] == "approved", app.text
-    booked = demo.post("/v1/loans", {"application_id": app.json()["application_id"]})
-    assert booked.status_code == 201, booked.text
-    loan = booked.json()
+    loan = new_loan(demo, amount=principal)
     first = loan["schedule"][0]
     # 1,234,500 × 1.5% = 18,517.5 → 18,518 (half-up); the test pays the first installment.
     assert first["interest"] == 18_518
-    repaid = demo.post(
-        f"/v1/loans/{loan['loan_id']}/repayments",
-        {"amount": first["total"], "external_ref": f"P-{uuid.uuid4().hex}", "kind": "regular"},
-    )
+    repaid = repay(demo, loan["loan_id"], first["total"])
     assert repaid.status_code == 201, repaid.text
     allocation = repaid.json()["allocation"]
     p, i = allocation["principal"], allocation["interest"]
