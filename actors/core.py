@@ -21,7 +21,7 @@ from collections.abc import Callable
 
 import asyncpg
 
-from lending.commands import Command, Reply, error_reply, is_write
+from lending.commands import WRITE_COMMANDS, Command, Reply, error_reply, is_write
 from lending.shard_state import ApplyContext, Prefetched, ShardState, apply_batch, wanted_refs
 from storage.shard_store import LeaseLost, ShardStore
 
@@ -165,7 +165,9 @@ class ShardCore:
         if not any(is_write(c) for c in commands):
             replies, _ = apply_batch(state, commands, Prefetched(), ctx)
             return replies
-        idem_keys = [(c.partner_id, c.idem_key) for c in commands if is_write(c)]  # type: ignore[union-attr]
+        idem_keys = [
+            (c.partner_id, c.idem_key) for c in commands if isinstance(c, WRITE_COMMANDS)
+        ]
         refs = [ref for c in commands if (ref := wanted_refs(c)) is not None]
         conn = self._conn
         assert conn is not None

@@ -313,7 +313,7 @@ def _start_system(
     started = time.monotonic()
     process = subprocess.Popen(
         command, cwd=PROJECT_ROOT, env=env, stdout=subprocess.PIPE, text=True,
-        stderr=open(workdir / "up.log", "w"),  # noqa: SIM115 - closed with the process
+        stderr=stack.enter_context((workdir / "up.log").open("w")),
     )
     def kill_if_running() -> None:
         if process.poll() is None:

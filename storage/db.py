@@ -13,9 +13,15 @@ async def _keep_session(_: asyncpg.Connection) -> None:
     pooled connection needs no reset."""
 
 
-# Our statements are fixed and index-driven, so a generic plan is always right; without
-# this, Postgres may re-plan the 9-CTE commit statement on every execution (~0.6 ms).
-SERVER_SETTINGS = {"plan_cache_mode": "force_generic_plan"}
+# Every statement of ours is a fixed, index-driven OLTP statement. Two consequences:
+# - a generic plan is always right, so the 9-CTE commit statement is planned once per
+#   connection instead of on every execution (~0.6 ms each);
+# - a plan must never scan a whole table. A connection prepares its statements when the
+#   tables may still be empty (a new database): a plan built from those statistics chose
+#   sequential scans, and as the cached plan was kept, the prefetch scanned the whole
+#   idempotency table on every batch (Postgres CPU per repayment 0.9 → 3.8 ms at 20,000
+#   loans). With sequential scans disabled the planner takes the indexes whatever the stats.
+SERVER_SETTINGS = {"plan_cache_mode": "force_generic_plan", "enable_seqscan": "off"}
 
 
 async def create_pool(dsn: str, size: int) -> asyncpg.Pool:

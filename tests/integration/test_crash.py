@@ -9,6 +9,7 @@ import time
 import uuid
 from collections.abc import Iterator
 
+import httpx
 import pytest
 import ray
 from conftest import RunningSystem, create_database, drop_database, system_settings
@@ -57,7 +58,7 @@ def _repay_until_acknowledged(client: PartnerClient, loan_id: str, ref: str) -> 
     while time.monotonic() < deadline:
         try:
             reply = client.post(f"/v1/loans/{loan_id}/repayments", body, key=ref)
-        except Exception:  # noqa: BLE001 - any transport failure: retry with the same key
+        except httpx.TransportError:  # the connection failed: retry with the same key
             time.sleep(0.1)
             continue
         if reply.status_code == 201:

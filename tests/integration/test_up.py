@@ -4,10 +4,12 @@ clean exit 0 on SIGTERM; once with embedded Postgres and Redis, once with given 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -23,6 +25,9 @@ from cluster.config import PROJECT_ROOT
 from loadtests.client import PartnerClient
 
 READY_TIMEOUT_S = 120
+# A Ray cluster with token authentication needs its token given to every driver (Ray's
+# RAY_AUTH_TOKEN); the test's throwaway head runs without, and so must its driver.
+NO_RAY_TOKEN = {"RAY_AUTH_MODE": "disabled"}
 ADMIN = {"Authorization": "Bearer dev-admin-token-change-me"}
 
 
@@ -43,7 +48,7 @@ def _environment(data_dir: Path, **given: str) -> dict[str, str]:
     return env
 
 
-def _run_up_and_use_it(env: dict[str, str], log_path: Path) -> None:
+def _run_up_and_use_it(env: dict[str, str], log_path: Path, own_ray: bool = True) -> None:
     started = time.monotonic()
     with log_path.open("w") as log:
         process = subprocess.Popen(
@@ -71,8 +76,12 @@ def _run_up_and_use_it(env: dict[str, str], log_path: Path) -> None:
         process.send_signal(signal.SIGTERM)
         assert process.wait(60) == 0, log_path.read_text()[-3000:]
         time.sleep(0.5)
-        alive = [c.pid for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
-        assert not alive, f"processes left running after exit: {alive}"
+        if own_ray:  # a joined cluster's processes are not ours to stop
+            alive = [
+                c.pid for c in children
+                if c.is_running() and c.status() != psutil.STATUS_ZOMBIE
+            ]
+            assert not alive, f"processes left running after exit: {alive}"
     finally:
         if process.poll() is None:
             process.kill()
@@ -101,3 +110,45 @@ def test_up_with_given_postgres_and_redis(tmp_path: Path) -> None:
     finally:
         drop_database(name)
         delete_keys_with_prefix(prefix)
+
+
+@pytest.mark.slow
+def test_up_joins_an_existing_ray_cluster(tmp_path: Path) -> None:
+    """LENDCORE_RAY_ADDRESS: the shard hosts run in a Ray cluster started elsewhere."""
+    port = _free_port()
+    ray_cli = Path(sys.executable).parent / "ray"
+    ray_dir = Path(tempfile.mkdtemp(prefix="lc-ray-"))  # Ray's socket paths must be short
+    head = subprocess.Popen(
+        [str(ray_cli), "start", "--head", "--block", f"--port={port}", "--num-cpus=2",
+         "--include-dashboard=false", "--node-ip-address=127.0.0.1",
+         f"--temp-dir={ray_dir}"],
+        stdout=subprocess.DEVNULL, stderr=(tmp_path / "ray.log").open("w"),
+        env={**os.environ, **NO_RAY_TOKEN},
+    )
+    name, dsn = create_database()
+    prefix = f"lendcore-test-{uuid.uuid4().hex}:"
+    try:
+        _wait_for_port(port)
+        env = _environment(
+            tmp_path / "data", LENDCORE_PG_DSN=dsn, LENDCORE_REDIS_URL=REDIS_URL,
+            LENDCORE_REDIS_PREFIX=prefix, LENDCORE_RAY_ADDRESS=f"127.0.0.1:{port}",
+            **NO_RAY_TOKEN,
+        )
+        _run_up_and_use_it(env, tmp_path / "up.log", own_ray=False)
+        assert head.poll() is None, "the joined cluster outlives lendcore"
+    finally:
+        head.terminate()
+        head.wait(60)
+        shutil.rmtree(ray_dir, ignore_errors=True)
+        drop_database(name)
+        delete_keys_with_prefix(prefix)
+
+
+def _wait_for_port(port: int, timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.2)
+    raise AssertionError(f"nothing listens on {port} after {timeout_s} s")
