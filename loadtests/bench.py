@@ -39,6 +39,7 @@ import asyncpg
 import httpx
 import msgspec
 import psutil
+import redis
 import uvloop
 
 from cluster.config import PROJECT_ROOT, load_settings
@@ -300,10 +301,13 @@ def _start_system(
     stack: ExitStack, config_file: Path | None, pg_dsn: str, redis_url: str, workdir: Path
 ) -> tuple[subprocess.Popen[str], int, int, float]:
     api_port, ops_port = _free_port(), _free_port()
+    prefix = f"lendcore-bench-{uuid.uuid4().hex[:8]}:"
+    # The run's keys (nonces, ~2 KB cached responses) would stay a day in a shared Redis.
+    stack.callback(_delete_redis_keys, redis_url, prefix)
     env = dict(os.environ)
     env.update({
         "LENDCORE_PG_DSN": pg_dsn, "LENDCORE_REDIS_URL": redis_url,
-        "LENDCORE_REDIS_PREFIX": f"lendcore-bench-{uuid.uuid4().hex[:8]}:",
+        "LENDCORE_REDIS_PREFIX": prefix,
         "LENDCORE_API_PORT": str(api_port), "LENDCORE_OPS_PORT": str(ops_port),
         "LENDCORE_DATA_DIR": str(workdir / "data"),
     })
@@ -328,6 +332,21 @@ def _start_system(
     return process, api_port, ops_port, time.monotonic() - started
 
 
+def _delete_redis_keys(redis_url: str, prefix: str) -> None:
+    client = redis.Redis.from_url(redis_url)
+    try:
+        batch: list[bytes] = []
+        for key in client.scan_iter(match=f"{prefix}*", count=1000):
+            batch.append(key)
+            if len(batch) >= 1000:
+                client.unlink(*batch)
+                batch.clear()
+        if batch:
+            client.unlink(*batch)
+    finally:
+        client.close()
+
+
 def _trial_balance_ok(ops_port: int) -> bool:
     reply = httpx.get(
         f"http://127.0.0.1:{ops_port}/ops/ledger/trial-balance",
@@ -349,8 +368,10 @@ def run_bench(
     duration_s = duration or (3.0 if quick else 15.0)
     baseline = measure_baseline(duration_s)
     print(f"baseline_rps={baseline.rps:.0f}", flush=True)
-    with ExitStack() as stack, tempfile.TemporaryDirectory(prefix="lendcore-bench-") as tmp:
-        workdir = Path(tmp)
+    with ExitStack() as stack:
+        # Entered first, so removed last: embedded services must stop before their files go
+        # (a Redis whose directory vanished cannot save, and then refuses to shut down).
+        workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="lendcore-bench-")))
         pg_dsn, redis_url = _services(stack, workdir)
         process, api_port, ops_port, ready_s = _start_system(
             stack, config_file, pg_dsn, redis_url, workdir
