@@ -2,12 +2,13 @@
 
 No Ray here, so the core can run in a plain event loop (tests, simulation). The rules:
 - one batch at a time per shard, in arrival order, at most `batch_max` commands;
-- the batch is applied to copies (lending.shard_state), committed in ONE transaction whose
-  first statement is the lease fence, and only after COMMIT is memory updated and the
-  replies released;
-- any failure replies `shard_unavailable` (the gateway retries with the same idempotency
-  key; dedupe happens inside the commit) and, since the commit outcome may be unknown,
-  the shard rebuilds its memory from Postgres before the next batch;
+- the batch is applied to copies (lending.shard_state) and committed in ONE statement (one
+  transaction) whose first part is the lease fence (storage.shard_store); only after it
+  has committed is memory updated and are the replies released;
+- a storage failure replies `shard_unavailable` (the gateway retries with the same
+  idempotency key; dedupe happens inside the commit) and, since the commit outcome may be
+  unknown, the shard rebuilds its memory from Postgres before the next batch;
+- a bug replays the batch one command at a time, so only the faulty command gets a 500;
 - a lost lease (fence touched zero rows) stops the shard for good in this process.
 """
 
@@ -131,8 +132,8 @@ class ShardCore:
             self.status = RELOADING
             replies = [unavailable("storage unavailable, retry")] * len(batch)
         except Exception:  # a bug must fail only its own command, never stall the shard
-            # Nothing was committed (the transaction rolled back) and memory is untouched
-            # (apply works on copies), so the batch can be replayed one command at a time.
+            # Nothing was committed (the commit statement never ran, or failed as a whole) and
+            # memory is untouched (apply works on copies): replay one command at a time.
             log.exception("shard %s: batch failed on a bug; replaying one by one", self.shard_id)
             self.stats["failures"] += 1
             replies = [await self._apply_alone(command) for command in commands]
