@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from contextlib import ExitStack
 from pathlib import Path
 
 
@@ -46,20 +47,58 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run_tests(pytest_args: list[str]) -> int:
-    """Lint, type-check, then pytest: the README's test command."""
+    """Lint, type-check, then pytest: the README's test command.
+
+    The integration tests need a Postgres and a Redis. They use LENDCORE_TEST_PG_DSN /
+    LENDCORE_TEST_REDIS_URL when set, else the usual local ports when something listens
+    there, else (a machine with only Python, or LENDCORE_TEST_EMBEDDED=1) embedded ones
+    started for this run in a temporary directory.
+    """
+    import os
     import subprocess
+    import tempfile
+    from contextlib import ExitStack
+    from pathlib import Path
 
     steps = [
         [sys.executable, "-m", "ruff", "check", "."],
         [sys.executable, "-m", "mypy"],
         [sys.executable, "-m", "pytest", "-q", *pytest_args],
     ]
-    for step in steps:
-        print("+", " ".join(step[2:]), flush=True)
-        code = subprocess.call(step)
-        if code != 0:
-            return code
+    with ExitStack() as stack:
+        env = dict(os.environ)
+        workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="lc-test-")))
+        env.update(_test_services(stack, workdir, env))
+        for step in steps:
+            print("+", " ".join(step[2:]), flush=True)
+            code = subprocess.call(step, env=env)
+            if code != 0:
+                return code
     return 0
+
+
+def _test_services(stack: ExitStack, workdir: Path, env: dict[str, str]) -> dict[str, str]:
+    from cluster.services import start_embedded_postgres, start_embedded_redis
+
+    forced = env.get("LENDCORE_TEST_EMBEDDED") == "1"
+    chosen: dict[str, str] = {}
+    if "LENDCORE_TEST_PG_DSN" not in env and (forced or not _listening(5432)):
+        service = stack.enter_context(start_embedded_postgres(workdir, "lendcore_admin"))
+        chosen["LENDCORE_TEST_PG_DSN"] = service.url
+        print(f"tests use an embedded Postgres: {service.url}", flush=True)
+    if "LENDCORE_TEST_REDIS_URL" not in env and (forced or not _listening(6379)):
+        service = stack.enter_context(start_embedded_redis(workdir))
+        chosen["LENDCORE_TEST_REDIS_URL"] = service.url
+        print(f"tests use an embedded Redis: {service.url}", flush=True)
+    return chosen
+
+
+def _listening(port: int) -> bool:
+    import socket
+
+    with socket.socket() as sock:
+        sock.settimeout(1)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
 if __name__ == "__main__":

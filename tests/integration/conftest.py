@@ -10,6 +10,7 @@ import threading
 import uuid
 from collections.abc import Coroutine, Iterator
 from typing import Any, TypeVar
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
@@ -27,8 +28,9 @@ T = TypeVar("T")
 
 
 def _dsn_for(database: str) -> str:
-    base, _, _ = ADMIN_DSN.rpartition("/")
-    return f"{base}/{database}"
+    """The admin DSN with another database (keeps a query string such as ?host=socket)."""
+    parts = urlsplit(ADMIN_DSN)
+    return urlunsplit(parts._replace(path=f"/{database}"))
 
 
 def create_database() -> tuple[str, str]:
