@@ -246,11 +246,12 @@ class System:
                 "loans": live.get("loans", 0),
                 "takeovers": max(0, lease["epoch"] - 1),
             })
+        nodes = await asyncio.to_thread(ray.nodes)  # a blocking GCS call: off the event loop
         return {
             "nodes": [
                 {"node_id": n["NodeID"], "alive": n["Alive"], "address": n["NodeManagerAddress"],
                  "resources": n.get("Resources", {})}
-                for n in ray.nodes()
+                for n in nodes
             ],
             "hosts": host_stats,
             "gateway": {"pending": self.router.pending(), "channels": self.router.stats()},
