@@ -66,7 +66,10 @@ class ShardCore:
         self._inbox: deque[tuple[Command, asyncio.Future[Reply]]] = deque()
         self._wake = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
-        self.stats = {"batches": 0, "commands": 0, "commit_s": 0.0, "failures": 0, "reloads": 0}
+        self.stats = {
+            "batches": 0, "commands": 0, "commit_s": 0.0, "failures": 0, "reloads": 0,
+            "prefetched_batches": 0,  # optimistic commits that met a used key or reference
+        }
 
     async def activate(self) -> None:
         """Take the lease (epoch + 1) and rebuild memory from Postgres."""
@@ -166,16 +169,27 @@ class ShardCore:
         if not any(is_write(c) for c in commands):
             replies, _ = apply_batch(state, commands, Prefetched(), ctx)
             return replies
-        idem_keys = [
-            (c.partner_id, c.idem_key) for c in commands if isinstance(c, WRITE_COMMANDS)
-        ]
-        refs = [ref for c in commands if (ref := wanted_refs(c)) is not None]
         conn = self._conn
         assert conn is not None
-        prefetched = await self.store.prefetch(conn, self.shard_id, idem_keys, refs)
-        replies, diff = apply_batch(state, commands, prefetched, ctx)
-        if not diff.is_empty():
+        # Optimistic first: assume no key or reference of the batch was used before, which
+        # is the normal case, and commit in one round trip. If one was, the commit statement
+        # hits a unique index and writes nothing; the batch is then redone with the durable
+        # facts prefetched (a replay answers its stored response, a reused reference 409s).
+        replies, diff = apply_batch(state, commands, Prefetched(), ctx)
+        try:
             await self.store.commit(conn, self.shard_id, self.epoch, diff)
+        except asyncpg.UniqueViolationError:
+            self.stats["prefetched_batches"] += 1
+            idem_keys = [
+                (c.partner_id, c.idem_key) for c in commands if isinstance(c, WRITE_COMMANDS)
+            ]
+            refs = [ref for c in commands if (ref := wanted_refs(c)) is not None]
+            prefetched = await self.store.prefetch(conn, self.shard_id, idem_keys, refs)
+            replies, diff = apply_batch(state, commands, prefetched, ctx)
+            if not diff.is_empty():
+                # A unique violation here is a race with another shard for a reference:
+                # a storage error for this batch, retried by the gateway, then a 409.
+                await self.store.commit(conn, self.shard_id, self.epoch, diff)
         state.commit(diff)  # only after COMMIT: a failed commit leaves memory as it was
         return replies
 
