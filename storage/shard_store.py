@@ -1,14 +1,19 @@
 """Postgres persistence of one logical shard: lease, load, prefetch and the group commit.
 
-A batch costs two round trips:
-1. prefetch: the durable facts the batch needs (idempotency records, external refs already
-   used), one query. It runs outside the commit: only the lease owner writes this shard,
-   and if the lease was lost meanwhile, step 2 refuses the whole write anyway.
-2. commit: ONE statement, hence one atomic transaction, whose first part is the lease fence
+A writing batch normally costs ONE round trip:
+1. commit: ONE statement, hence one atomic transaction, whose first part is the lease fence
    (UPDATE shard_lease ... WHERE epoch = mine) and whose every write is conditioned on the
    fence having matched. Zero fence rows means a newer owner exists: nothing is written and
-   LeaseLost is raised. The writes are data-modifying CTEs over unnest'ed arrays, so the
-   statement is the same whatever the batch size.
+   LeaseLost is raised. The writes are data-modifying CTEs over jsonb arrays of rows, so the
+   statement is the same whatever the batch size. The core sends it optimistically, applied
+   as if no idempotency key or book-wide reference of the batch was used before; the
+   idempotency and partner_refs inserts have no ON CONFLICT, so if one was, the statement
+   fails on a unique index (asyncpg.UniqueViolationError) and writes nothing.
+2. only after such a failure, prefetch: the durable facts the batch needs (idempotency
+   records, references already in partner_refs), one query. It runs outside the commit:
+   only the lease owner writes this shard, and if the lease was lost meanwhile, the fence
+   refuses the write anyway. The core re-applies the batch with them and commits again
+   (three round trips for that batch).
 """
 
 from __future__ import annotations
@@ -119,8 +124,8 @@ i AS (
   WHERE EXISTS (SELECT FROM fence)
 ),
 x AS (
-  -- no ON CONFLICT: a reference taken meanwhile by another shard fails the whole commit,
-  -- the batch is retried and its prefetch then sees the reference (409).
+  -- no ON CONFLICT (nor on idempotency): a key or reference already used fails the whole
+  -- statement; the shard then prefetches what is used and applies the batch again (409).
   INSERT INTO partner_refs (shard_id, partner_id, kind, ref, object_id)
   SELECT $1, r->>0, r->>1, r->>2, r->>3
   FROM jsonb_array_elements($11::jsonb) AS r
