@@ -13,6 +13,7 @@ import hashlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import msgspec
 from prometheus_client import Counter, Histogram
@@ -84,6 +85,11 @@ _BOOK = msgspec.json.Decoder(BookLoanIn)
 _REPAYMENT = msgspec.json.Decoder(RepaymentIn)
 _BATCH = msgspec.json.Decoder(BatchRepaymentsIn)
 _BATCH_ITEM = msgspec.json.Decoder(BatchRepaymentItemIn)
+
+
+# status, body, extra headers
+Response = tuple[int, bytes, list[tuple[bytes, bytes]]]
+Handler = Callable[[Any, Any], Awaitable[Response]]
 
 
 class BatchResult(msgspec.Struct):
@@ -172,7 +178,7 @@ class PartnerApi:
         await respond(send, status, reply_body, headers)
         return route, status
 
-    def _route(self, method: str, path: str):
+    def _route(self, method: str, path: str) -> tuple[str, Handler, Any]:
         parts = path.strip("/").split("/")
         if len(parts) < 2 or parts[0] != "v1":
             raise HttpError(404, "not_found", f"no route {method} {path}")
@@ -220,7 +226,7 @@ class PartnerApi:
 
     # ---- GET ------------------------------------------------------------------------------
 
-    async def _get(self, request: _Request, target: tuple[str, str]):
+    async def _get(self, request: _Request, target: tuple[str, str]) -> Response:
         kind, ident = target
         await self._admit(request, None, "")
         command = self._read_command(kind, ident, request.partner_id)
@@ -242,7 +248,7 @@ class PartnerApi:
 
     # ---- POST -----------------------------------------------------------------------------
 
-    async def _create_application(self, request: _Request, _: str):
+    async def _create_application(self, request: _Request, _: str) -> Response:
         key = _idempotency_key(request)
         body = _decode(_APPLICATION, request.body)
         shard, facts = self._customer_facts(body)
@@ -254,14 +260,14 @@ class PartnerApi:
         )
         return await self._write(request, key, shard, command)
 
-    async def _book_loan(self, request: _Request, _: str):
+    async def _book_loan(self, request: _Request, _: str) -> Response:
         key = _idempotency_key(request)
         body = _decode(_BOOK, request.body)
         shard = self._shard_or_404("application", body.application_id)
         command = BookLoan(request.partner_id, key, _request_hash(request), body.application_id)
         return await self._write(request, key, shard, command)
 
-    async def _repay(self, request: _Request, loan_id: str):
+    async def _repay(self, request: _Request, loan_id: str) -> Response:
         key = _idempotency_key(request)
         body = _decode(_REPAYMENT, request.body)
         _check_kind(body.kind, "kind")
@@ -272,7 +278,7 @@ class PartnerApi:
         )
         return await self._write(request, key, shard, command)
 
-    async def _repay_batch(self, request: _Request, _: str):
+    async def _repay_batch(self, request: _Request, _: str) -> Response:
         """Each item succeeds or fails alone. Item i is deduplicated in its shard under the
         derived key `<key>#<i>`, so a replay after Redis lost the cached response returns
         the same bytes item by item."""
@@ -319,7 +325,9 @@ class PartnerApi:
             await self._abandon(request, key, request_hash)
         return 200, body, []
 
-    async def _write(self, request: _Request, key: str, shard: int, command: Command):
+    async def _write(
+        self, request: _Request, key: str, shard: int, command: Command
+    ) -> Response:
         request_hash = _request_hash(request)
         admitted = await self._admit(request, key, request_hash)
         if admitted is not None:
@@ -338,7 +346,9 @@ class PartnerApi:
 
     # ---- helpers --------------------------------------------------------------------------
 
-    async def _admit(self, request: _Request, key: str | None, request_hash: str):
+    async def _admit(
+        self, request: _Request, key: str | None, request_hash: str
+    ) -> Response | None:
         """None to proceed, or the full response when the request must not run."""
         try:
             admission = await self.guard.admit(
@@ -375,7 +385,7 @@ class PartnerApi:
         except RedisError as exc:
             log.warning("could not release in-flight key %s (%s); it expires", key, exc)
 
-    def _queue(self, shard: int, command: Command):
+    def _queue(self, shard: int, command: Command) -> asyncio.Future[Reply]:
         try:
             return self.router.call(shard, command)
         except Overloaded as exc:
