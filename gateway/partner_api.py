@@ -463,7 +463,7 @@ def _is_own_outcome(reply: Reply) -> bool:
     """Whether a reply is this request's final outcome, to be kept under its key. Not so for
     5xx (nothing happened; the partner may retry the key) nor for the shard's durable
     `idempotency_key_reused` (the key belongs to another request's outcome)."""
-    return reply.status < 500 and b'"idempotency_key_reused"' not in reply.body
+    return reply.status < 500 and reply.code != "idempotency_key_reused"
 
 
 def _retry_after(status: int) -> list[tuple[bytes, bytes]]:

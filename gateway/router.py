@@ -132,11 +132,11 @@ class HostChannel:
             self.calls += 1
             self.items += len(items)
             for item, reply in zip(items, REPLIES_DECODER.decode(raw), strict=True):
-                if reply.status == 503 and b'"shard_unavailable"' in reply.body:
+                if reply.code == "shard_unavailable":
                     self._retry(item)
                 elif not item.future.done():
                     replayed = reply.replayed and item.attempts == 0
-                    item.future.set_result(Reply(reply.status, reply.body, replayed))
+                    item.future.set_result(msgspec.structs.replace(reply, replayed=replayed))
         finally:
             self._slots.release()
 

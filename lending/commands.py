@@ -80,7 +80,6 @@ class GetCustomer(msgspec.Struct, frozen=True, tag="get_customer"):
     customer_id: str
 
 
-WriteCommand = SubmitApplication | BookLoan | Repay
 Command = SubmitApplication | BookLoan | Repay | GetLoan | GetPayoff | GetApplication | GetCustomer
 WRITE_COMMANDS = (SubmitApplication, BookLoan, Repay)
 
@@ -94,6 +93,7 @@ class Reply(msgspec.Struct, frozen=True, array_like=True):
     status: int
     body: bytes  # the exact response bytes; stored for idempotent replays
     replayed: bool = False
+    code: str = ""  # the error code of an error reply, so callers never parse the body
 
 
 BATCH_ENCODER = msgspec.msgpack.Encoder()
@@ -115,7 +115,7 @@ _JSON = msgspec.json.Encoder()
 
 
 def error_reply(status: int, code: str, message: str, field: str | None = None) -> Reply:
-    return Reply(status, _JSON.encode(ErrorBody(ErrorDetail(code, message, field))))
+    return Reply(status, _JSON.encode(ErrorBody(ErrorDetail(code, message, field))), code=code)
 
 
 def is_write(command: Command) -> bool:
