@@ -22,7 +22,7 @@ import msgspec
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from actors.core import SERVING, ShardCore, unavailable
+from actors.core import ShardCore, unavailable
 from lending.commands import BATCH_DECODER, BATCH_ENCODER, Reply
 from lending.decision import RiskPolicy
 from lending.products import ProductCatalog, load_catalog
@@ -170,9 +170,6 @@ class ShardHostCore:
                 for shard_id, core in self.shards.items()
             },
         }
-
-    def serving(self) -> bool:
-        return bool(self.shards) and all(c.status == SERVING for c in self.shards.values())
 
     async def stop(self) -> None:
         await asyncio.gather(*(core.stop() for core in self.shards.values()))

@@ -13,7 +13,6 @@ import time
 import uuid
 from collections.abc import Iterator
 from datetime import date, datetime, timedelta, timezone
-from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -278,6 +277,3 @@ class System:
         if self._pool is not None:
             await self._pool.close()
 
-
-def data_dir(settings: Settings) -> Path:
-    return settings.resolve_path(settings.paths.data_dir)

@@ -24,6 +24,7 @@ import asyncio
 import itertools
 import json
 import os
+import selectors
 import signal
 import socket
 import subprocess
@@ -34,6 +35,7 @@ import uuid
 from contextlib import ExitStack
 from datetime import date, timedelta
 from pathlib import Path
+from typing import IO
 
 import asyncpg
 import httpx
@@ -325,7 +327,7 @@ def _start_system(
 
     stack.callback(kill_if_running)
     assert process.stdout is not None
-    line = process.stdout.readline()
+    line = _first_line(process.stdout, READY_TIMEOUT_S)
     if not line.startswith("ready "):
         tail = (workdir / "up.log").read_text()[-3000:]
         raise RuntimeError(f"lendcore up did not become ready: {line!r}\n{tail}")
@@ -345,6 +347,15 @@ def _delete_redis_keys(redis_url: str, prefix: str) -> None:
             client.unlink(*batch)
     finally:
         client.close()
+
+
+def _first_line(stream: IO[str], timeout_s: float) -> str:
+    """The first line a child prints, or "" when it prints none within timeout_s."""
+    with selectors.DefaultSelector() as selector:
+        selector.register(stream, selectors.EVENT_READ)
+        if not selector.select(timeout_s):
+            return ""
+    return stream.readline()
 
 
 def _trial_balance_ok(ops_port: int) -> bool:

@@ -39,12 +39,6 @@ class LoadResult:
         index = min(len(ordered) - 1, int(q * len(ordered)))
         return ordered[index] * 1000
 
-    def merge(self, other: LoadResult) -> None:
-        self.requests += other.requests
-        self.errors += other.errors
-        for status, count in other.statuses.items():
-            self.statuses[status] = self.statuses.get(status, 0) + count
-        self.latencies_s.extend(other.latencies_s)
 
 
 def build_request(
