@@ -9,6 +9,7 @@ import os
 import threading
 import uuid
 from collections.abc import Coroutine, Iterator
+from contextlib import contextmanager
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
@@ -110,17 +111,26 @@ def ray_cluster() -> Iterator[None]:
     ray.shutdown()
 
 
-@pytest.fixture(scope="session")
-def system(ray_cluster: None) -> Iterator[RunningSystem]:
+@contextmanager
+def fresh_system(**extra_env: str) -> Iterator[RunningSystem]:
+    """A running system on its own new database and Redis prefix, removed afterwards."""
     name, dsn = create_database()
     prefix = f"lendcore-test-{uuid.uuid4().hex}:"
-    running = RunningSystem(system_settings(dsn, prefix), dsn).start()
     try:
-        yield running
+        running = RunningSystem(system_settings(dsn, prefix, **extra_env), dsn).start()
+        try:
+            yield running
+        finally:
+            running.stop()
     finally:
-        running.stop()
         drop_database(name)
         delete_keys_with_prefix(prefix)
+
+
+@pytest.fixture(scope="session")
+def system(ray_cluster: None) -> Iterator[RunningSystem]:
+    with fresh_system() as running:
+        yield running
 
 
 @pytest.fixture

@@ -6,14 +6,12 @@ from __future__ import annotations
 import random
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 
 import httpx
 import pytest
 import ray
-from conftest import RunningSystem, create_database, drop_database, system_settings
-from conftest_redis import delete_keys_with_prefix
+from conftest import RunningSystem, fresh_system
 from factories import application
 
 from loadtests.client import PartnerClient
@@ -29,15 +27,8 @@ CLIENT_RETRY_DEADLINE_S = 60
 
 @pytest.fixture
 def crash_system(ray_cluster: None) -> Iterator[RunningSystem]:
-    name, dsn = create_database()
-    prefix = f"lendcore-test-{uuid.uuid4().hex}:"
-    running = RunningSystem(system_settings(dsn, prefix), dsn).start()
-    try:
+    with fresh_system() as running:
         yield running
-    finally:
-        running.stop()
-        drop_database(name)
-        delete_keys_with_prefix(prefix)
 
 
 def _book_loans(client: PartnerClient) -> list[str]:

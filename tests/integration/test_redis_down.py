@@ -3,11 +3,10 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 
 import pytest
-from conftest import RunningSystem, create_database, drop_database, system_settings
+from conftest import RunningSystem, fresh_system
 from factories import application
 
 UNREACHABLE_REDIS = "redis://127.0.0.1:1/0"  # nothing listens on port 1
@@ -15,16 +14,8 @@ UNREACHABLE_REDIS = "redis://127.0.0.1:1/0"  # nothing listens on port 1
 
 @pytest.fixture
 def system_without_redis(ray_cluster: None) -> Iterator[RunningSystem]:
-    name, dsn = create_database()
-    settings = system_settings(
-        dsn, f"lendcore-test-{uuid.uuid4().hex}:", LENDCORE_REDIS_URL=UNREACHABLE_REDIS
-    )
-    running = RunningSystem(settings, dsn).start()
-    try:
+    with fresh_system(LENDCORE_REDIS_URL=UNREACHABLE_REDIS) as running:
         yield running
-    finally:
-        running.stop()
-        drop_database(name)
 
 
 @pytest.mark.slow
