@@ -1,62 +1,86 @@
-"""Double-entry ledger (会计核算): chart of accounts and balanced journal entries.
+"""Double-entry ledger (会计核算): postings, balanced journal entries, reversals.
 
-An entry is never edited; a correction is a reversing entry. Every entry carries its book
-(the lender's own book or a co-lending funder's), the loan, the business date and the id of
-the command that caused it, so any figure can be traced back to a request.
+The domain names accounts by ROLE (`interest_receivable`, ...), a stable identifier that
+servicing code can rely on; the chart of accounts (`config/chart_of_accounts.toml`, loaded by
+`lending.chart`) gives each role its code and name, and journal lines are stored under the
+code. An entry is never edited: a correction is a reversing entry (`reversal_of`). Every
+entry carries its book (the lender's own book or a co-lending funder's), the loan, the
+business date and the id of the command that caused it, so any figure traces to a request.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import date
 
 import msgspec
 
 OWN_BOOK = "own"
 
+# Roles of DOMAIN.md §4 (minimum chart) plus the memo pair for written-off loans.
+CASH = "cash_clearing"
+PRINCIPAL_NORMAL = "principal_receivable_normal"
+PRINCIPAL_OVERDUE = "principal_receivable_overdue"
+INTEREST_RECEIVABLE = "interest_receivable"
+PENALTY_RECEIVABLE = "penalty_receivable"
+FEE_RECEIVABLE = "fee_receivable"
+GUARANTEE_RECEIVABLE = "guarantee_receivable"
+FUNDER_PAYABLE = "funder_payable"
+INTEREST_INCOME = "interest_income"
+PENALTY_INCOME = "penalty_income"
+FEE_INCOME = "fee_income"
+CREDIT_LOSS = "credit_loss_expense"
+OFF_BALANCE_INTEREST = "off_balance_interest"            # memo: accrued, not recognised
+OFF_BALANCE_INTEREST_CONTRA = "off_balance_interest_contra"
+WRITTEN_OFF = "written_off_loans"                         # memo: principal written off
+WRITTEN_OFF_CONTRA = "written_off_loans_contra"
 
-class Account(msgspec.Struct, frozen=True):
-    code: str
-    name: str
-    normal_side: str  # "debit" or "credit": the side on which the balance is usually positive
-
-
-# DOMAIN.md §4 minimum chart. Codes follow the usual PRC layout: 1xxx assets, 2xxx liabilities,
-# 6xxx income and expense, 9xxx memo (off-balance) accounts.
-CHART: dict[str, Account] = {
-    a.code: a
-    for a in (
-        Account("1001", "cash_clearing", "debit"),
-        Account("1101", "principal_receivable_normal", "debit"),
-        Account("1102", "principal_receivable_overdue", "debit"),
-        Account("1131", "interest_receivable", "debit"),
-        Account("1132", "penalty_receivable", "debit"),
-        Account("1133", "fee_receivable", "debit"),
-        Account("1201", "guarantee_receivable", "debit"),
-        Account("2201", "funder_payable", "credit"),
-        Account("6011", "interest_income", "credit"),
-        Account("6012", "penalty_income", "credit"),
-        Account("6021", "fee_income", "credit"),
-        Account("6701", "credit_loss_expense", "debit"),
-        Account("9001", "off_balance_interest", "debit"),
-        Account("9002", "off_balance_interest_contra", "credit"),
-    )
+# role → the side on which its balance is normally positive
+ROLE_SIDES: dict[str, str] = {
+    CASH: "debit",
+    PRINCIPAL_NORMAL: "debit",
+    PRINCIPAL_OVERDUE: "debit",
+    INTEREST_RECEIVABLE: "debit",
+    PENALTY_RECEIVABLE: "debit",
+    FEE_RECEIVABLE: "debit",
+    GUARANTEE_RECEIVABLE: "debit",
+    FUNDER_PAYABLE: "credit",
+    INTEREST_INCOME: "credit",
+    PENALTY_INCOME: "credit",
+    FEE_INCOME: "credit",
+    CREDIT_LOSS: "debit",
+    OFF_BALANCE_INTEREST: "debit",
+    OFF_BALANCE_INTEREST_CONTRA: "credit",
+    WRITTEN_OFF: "debit",
+    WRITTEN_OFF_CONTRA: "credit",
 }
 
-CASH = "1001"
-PRINCIPAL_NORMAL = "1101"
-PRINCIPAL_OVERDUE = "1102"
-INTEREST_RECEIVABLE = "1131"
-PENALTY_RECEIVABLE = "1132"
-FEE_RECEIVABLE = "1133"
-INTEREST_INCOME = "6011"
-PENALTY_INCOME = "6012"
-FEE_INCOME = "6021"
+# Entry kinds (the GL summary groups by them)
+DISBURSEMENT = "disbursement"
+REPAYMENT = "repayment"
+PREPAYMENT_FEE = "prepayment_fee"
+INTEREST_ACCRUAL = "interest_accrual"
+FEE_CHARGE = "fee_charge"
+OVERDUE_RECLASS = "overdue_reclass"
+PENALTY_ACCRUAL = "penalty_accrual"
+NON_ACCRUAL = "non_accrual"
+ACCRUAL_RESUMED = "accrual_resumed"
+WRITE_OFF = "write_off"
+INTEREST_ADJUSTMENT = "interest_adjustment"
+REVERSAL = "reversal"
 
 
 class Line(msgspec.Struct, frozen=True, array_like=True):
-    account: str
+    account: str  # a role (see ROLE_SIDES); the chart maps it to a code when stored
     debit: int
     credit: int
+
+
+class Posting(msgspec.Struct, frozen=True, array_like=True):
+    """A balanced set of lines of one kind, before it gets its id, date, book and cause."""
+
+    kind: str
+    lines: tuple[Line, ...]
 
 
 class JournalEntry(msgspec.Struct, frozen=True):
@@ -73,40 +97,90 @@ class UnbalancedEntry(ValueError):
     pass
 
 
-def make_entry(
-    entry_id: str,
-    business_date: date,
-    book: str,
-    loan_id: str,
-    cause: str,
-    kind: str,
-    debits: list[tuple[str, int]],
-    credits: list[tuple[str, int]],
-) -> JournalEntry:
-    """Build an entry, dropping zero lines, and refuse it unless debits equal credits."""
-    lines = [Line(acc, amount, 0) for acc, amount in debits if amount] + [
-        Line(acc, 0, amount) for acc, amount in credits if amount
-    ]
-    for line in lines:
-        if line.account not in CHART:
-            raise UnbalancedEntry(f"{entry_id}: unknown account {line.account}")
+class PostingBuilder:
+    """Collects debits and credits of one posting; same-role lines on a side are merged."""
+
+    __slots__ = ("_credits", "_debits", "kind")
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._debits: dict[str, int] = {}
+        self._credits: dict[str, int] = {}
+
+    def debit(self, role: str, amount: int) -> None:
+        if amount:
+            self._debits[role] = self._debits.get(role, 0) + amount
+
+    def credit(self, role: str, amount: int) -> None:
+        if amount:
+            self._credits[role] = self._credits.get(role, 0) + amount
+
+    def move(self, debit_role: str, credit_role: str, amount: int) -> None:
+        """Dr debit_role / Cr credit_role for amount (nothing when amount is 0)."""
+        if amount:
+            self.debit(debit_role, amount)
+            self.credit(credit_role, amount)
+
+    def is_empty(self) -> bool:
+        return not self._debits and not self._credits
+
+    def build(self) -> Posting:
+        lines = tuple(
+            [Line(role, amount, 0) for role, amount in self._debits.items()]
+            + [Line(role, 0, amount) for role, amount in self._credits.items()]
+        )
+        return make_posting(self.kind, lines)
+
+
+def make_posting(kind: str, lines: Iterable[Line]) -> Posting:
+    """A posting, refused unless every line is a known role, non-negative, and it balances."""
+    kept = tuple(line for line in lines if line.debit or line.credit)
+    if not kept:
+        raise UnbalancedEntry(f"{kind}: empty posting")
+    total_debit = total_credit = 0
+    for line in kept:
+        if line.account not in ROLE_SIDES:
+            raise UnbalancedEntry(f"{kind}: unknown account role {line.account!r}")
         if line.debit < 0 or line.credit < 0:
-            raise UnbalancedEntry(f"{entry_id}: negative amount on {line.account}")
-    total_debit = sum(line.debit for line in lines)
-    total_credit = sum(line.credit for line in lines)
+            raise UnbalancedEntry(f"{kind}: negative amount on {line.account}")
+        total_debit += line.debit
+        total_credit += line.credit
     if total_debit != total_credit:
-        raise UnbalancedEntry(f"{entry_id}: debits {total_debit} != credits {total_credit}")
-    if not lines:
-        raise UnbalancedEntry(f"{entry_id}: empty entry")
-    return JournalEntry(entry_id, business_date, book, loan_id, cause, kind, tuple(lines))
+        raise UnbalancedEntry(f"{kind}: debits {total_debit} != credits {total_credit}")
+    return Posting(kind, kept)
 
 
-def balance_deltas(entries: list[JournalEntry]) -> dict[tuple[str, str], tuple[int, int]]:
-    """(book, account) → (debit, credit) totals of the given entries."""
+def make_entry(
+    entry_id: str, business_date: date, book: str, loan_id: str, cause: str, posting: Posting
+) -> JournalEntry:
+    return JournalEntry(entry_id, business_date, book, loan_id, cause, posting.kind,
+                        posting.lines)
+
+
+def reversal_of(entry: JournalEntry, entry_id: str, business_date: date,
+                cause: str) -> JournalEntry:
+    """The entry that cancels `entry`: every line with its sides swapped (红字冲正 without
+    negative amounts). The original stays; the pair nets to zero on every account."""
+    lines = tuple(Line(line.account, line.credit, line.debit) for line in entry.lines)
+    return JournalEntry(entry_id, business_date, entry.book, entry.loan_id, cause, REVERSAL,
+                        lines)
+
+
+def balance_deltas(entries: Iterable[JournalEntry]) -> dict[tuple[str, str], tuple[int, int]]:
+    """(book, role) → (debit, credit) totals of the given entries."""
     totals: dict[tuple[str, str], tuple[int, int]] = {}
     for entry in entries:
         for line in entry.lines:
             key = (entry.book, line.account)
             debit, credit = totals.get(key, (0, 0))
             totals[key] = (debit + line.debit, credit + line.credit)
+    return totals
+
+
+def net_debits(entries: Iterable[JournalEntry]) -> dict[str, int]:
+    """role → debit − credit over the entries (one loan's ledger balances, for instance)."""
+    totals: dict[str, int] = {}
+    for entry in entries:
+        for line in entry.lines:
+            totals[line.account] = totals.get(line.account, 0) + line.debit - line.credit
     return totals

@@ -25,6 +25,7 @@ FUNDING_MODELS = ("self", "assisted", "joint")
 PAYMENT_MODES = ("self", "entrusted")
 DEFAULT_APR_CAP_BPS = 2400
 MAX_GRACE_DAYS = 30
+MAX_PENALTY_MULTIPLIER_PCT = 500
 _CODE_PATTERN = re.compile(r"[A-Za-z0-9_]+")
 # msgspec names the key: "Object contains unknown field `x`", "Object missing required
 # field `x`" or "Expected `int`, got `str` - at `$.x`".
@@ -50,6 +51,9 @@ class Product(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     default_rate_bps: int
     monthly_fee_bps: int = 0
     penalty_multiplier_pct: int = 150
+    # Annual base rate of penalty interest before the multiplier; unset: the loan's own rate.
+    # Products that charge no interest (installment_fee) set it, or they would charge none.
+    penalty_base_rate_bps: int | None = None
     grace_days: int = 3
     compound_penalty: bool = False
     prepayment_fee_bps: int = 0
@@ -148,8 +152,11 @@ def _rate_and_fee_problems(p: Product) -> Iterable[tuple[str, str]]:
 
 
 def _servicing_problems(p: Product) -> Iterable[tuple[str, str]]:
-    if p.penalty_multiplier_pct < 100:
-        yield "penalty_multiplier_pct", f"must be >= 100, got {p.penalty_multiplier_pct}"
+    if not 100 <= p.penalty_multiplier_pct <= MAX_PENALTY_MULTIPLIER_PCT:
+        yield "penalty_multiplier_pct", (f"must be in 100..{MAX_PENALTY_MULTIPLIER_PCT}, "
+                                         f"got {p.penalty_multiplier_pct}")
+    if p.penalty_base_rate_bps is not None and not 0 <= p.penalty_base_rate_bps <= 10_000:
+        yield "penalty_base_rate_bps", f"must be in 0..10000, got {p.penalty_base_rate_bps}"
     if not 0 <= p.grace_days <= MAX_GRACE_DAYS:
         yield "grace_days", f"must be in 0..{MAX_GRACE_DAYS}, got {p.grace_days}"
 

@@ -25,8 +25,8 @@ def _reference_apr(received: int, payments: list[int]) -> int:
     bisection on Fraction NPVs (no float, no shared code with lending.apr)."""
 
     def npv(monthly: Fraction) -> Fraction:
-        return -received + sum(Fraction(p) / (1 + monthly) ** k
-                               for k, p in enumerate(payments, start=1))
+        return -received + sum((Fraction(p) / (1 + monthly) ** k
+                                for k, p in enumerate(payments, start=1)), Fraction(0))
 
     def above_half(x: int) -> bool:  # is the IRR >= (x + 1/2) bps a year?
         return npv(Fraction(2 * x + 1, 240_000)) >= 0

@@ -243,3 +243,51 @@ def test_unknown_code_or_version_is_a_clear_key_error() -> None:
         catalog.get("TEST_EI", 7)
     with pytest.raises(KeyError, match="NOPE"):
         catalog.versions("NOPE")
+
+
+# --- Penalty terms ---------------------------------------------------------------------------
+
+def test_penalty_base_rate_is_optional_and_bounded() -> None:
+    """Unset, penalty is charged on the loan's own rate; set, it must be 0..10000 bps."""
+    assert VALID.penalty_base_rate_bps is None
+    for good in (0, 1300, 10_000):
+        validate_product(msgspec.structs.replace(VALID, penalty_base_rate_bps=good), 2400)
+    for bad in (-1, 10_001):
+        product = msgspec.structs.replace(VALID, penalty_base_rate_bps=bad)
+        with pytest.raises(ProductError, match=rf"penalty_base_rate_bps must be in 0\.\.10000, "
+                                               rf"got {bad}") as caught:
+            validate_product(product, 2400)
+        assert caught.value.field == "penalty_base_rate_bps"
+
+
+def test_shipped_interest_free_product_sets_a_penalty_base_rate() -> None:
+    """INST_FEE_12 charges no interest: without its own base (1300 bps) it would charge no
+    penalty either. The interest-bearing products leave it unset."""
+    catalog = load_catalog(PRODUCTS_DIR)
+    assert catalog.get("INST_FEE_12").penalty_base_rate_bps == 1300
+    for code in ("CASH_EI_12", "CASH_EP_12", "CASH_IF_12", "CASH_BL_3"):
+        assert catalog.get(code).penalty_base_rate_bps is None
+
+
+@pytest.mark.parametrize(("multiplier", "ok"), [(99, False), (100, True), (150, True),
+                                                 (500, True), (501, False)])
+def test_penalty_multiplier_is_between_100_and_500_percent(multiplier: int, ok: bool) -> None:
+    product = msgspec.structs.replace(VALID, penalty_multiplier_pct=multiplier)
+    if ok:
+        validate_product(product, 2400)
+        return
+    with pytest.raises(ProductError, match=rf"penalty_multiplier_pct must be in 100\.\.500, "
+                                           rf"got {multiplier}") as caught:
+        validate_product(product, 2400)
+    assert caught.value.field == "penalty_multiplier_pct"
+
+
+def test_penalty_base_rate_in_a_file(tmp_path: Path) -> None:
+    _write(tmp_path, "TEST_EI.toml",
+           VALID_TOML.format(version=1) + "penalty_base_rate_bps = 1300\n")
+    assert load_catalog(tmp_path).get("TEST_EI").penalty_base_rate_bps == 1300
+    _write(tmp_path, "TEST_EI.toml",
+           VALID_TOML.format(version=1) + 'penalty_base_rate_bps = "1300"\n')
+    with pytest.raises(ProductError) as caught:
+        load_catalog(tmp_path)
+    assert caught.value.field == "penalty_base_rate_bps"

@@ -1,0 +1,77 @@
+"""Per-loan reconciliation (对账): the balances a loan's state implies, against its ledger.
+
+`expected_balances(loan)` derives, from the installments alone, what every balance-sheet and
+memo account should hold for the loan (net debit, in fen); `differences` compares that with
+the loan's ledger (the sum of its journal lines per account). Income and expense accounts are
+not per-loan balances (they close into profit), so they are checked by the trial balance,
+where every entry balances, rather than here.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from lending import ledger
+from lending.loans import INST_OVERDUE, Loan
+
+RECONCILED_ROLES = (
+    ledger.CASH,
+    ledger.PRINCIPAL_NORMAL,
+    ledger.PRINCIPAL_OVERDUE,
+    ledger.INTEREST_RECEIVABLE,
+    ledger.PENALTY_RECEIVABLE,
+    ledger.FEE_RECEIVABLE,
+    ledger.OFF_BALANCE_INTEREST,
+    ledger.OFF_BALANCE_INTEREST_CONTRA,
+    ledger.WRITTEN_OFF,
+    ledger.WRITTEN_OFF_CONTRA,
+)
+
+
+class Difference(msgspec.Struct, frozen=True):
+    loan_id: str
+    account: str  # role
+    expected: int  # net debit implied by the loan's state
+    ledger: int    # net debit of the loan's journal lines
+
+
+def expected_balances(loan: Loan) -> dict[str, int]:
+    """role → net debit (debit − credit) the loan's journal must show."""
+    normal = overdue = interest = penalty = fee = collected = 0
+    for inst in loan.installments:
+        unpaid = inst.principal - inst.paid_principal
+        if inst.status == INST_OVERDUE:
+            overdue += unpaid
+        else:
+            normal += unpaid
+        interest += inst.interest_recognized - inst.paid_interest
+        penalty += inst.penalty - inst.paid_penalty
+        fee += inst.fee_recognized - inst.paid_fee
+        collected += inst.paid_principal + inst.paid_interest + inst.paid_fee + inst.paid_penalty
+    balances = dict.fromkeys(RECONCILED_ROLES, 0)
+    balances[ledger.CASH] = collected + loan.prepayment_fees_paid - loan.principal
+    if loan.written_off_on is None:
+        balances[ledger.PRINCIPAL_NORMAL] = normal
+        balances[ledger.PRINCIPAL_OVERDUE] = overdue
+    else:
+        balances[ledger.WRITTEN_OFF] = normal + overdue
+        balances[ledger.WRITTEN_OFF_CONTRA] = -(normal + overdue)
+    if loan.non_accrual:
+        memo = interest + penalty + fee
+        balances[ledger.OFF_BALANCE_INTEREST] = memo
+        balances[ledger.OFF_BALANCE_INTEREST_CONTRA] = -memo
+    else:
+        balances[ledger.INTEREST_RECEIVABLE] = interest
+        balances[ledger.PENALTY_RECEIVABLE] = penalty
+        balances[ledger.FEE_RECEIVABLE] = fee
+    return balances
+
+
+def differences(loan: Loan, ledger_net: dict[str, int]) -> list[Difference]:
+    """Accounts where the loan's ledger (role → net debit) disagrees with its state."""
+    expected = expected_balances(loan)
+    return [
+        Difference(loan.loan_id, role, expected[role], ledger_net.get(role, 0))
+        for role in RECONCILED_ROLES
+        if expected[role] != ledger_net.get(role, 0)
+    ]
