@@ -23,7 +23,9 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from actors.core import ShardCore, unavailable
+from lending.chart import load_chart
 from lending.commands import BATCH_DECODER, BATCH_ENCODER, Reply
+from lending.daily import ServicingPolicy
 from lending.decision import RiskPolicy
 from lending.products import ProductCatalog, load_catalog
 from lending.shard_state import ApplyContext
@@ -41,11 +43,13 @@ class HostConfig(msgspec.Struct, frozen=True):
     redis_url: str
     redis_prefix: str
     products_dir: str
+    chart_file: str
     pool_size: int
     inbox_max: int
     batch_max: int
     lease_claim_ttl_ms: int
     policy: RiskPolicy
+    servicing: ServicingPolicy
 
 
 class ShardHostCore:
@@ -71,8 +75,9 @@ class ShardHostCore:
         self._pool = await create_pool(cfg.pg_dsn, cfg.pool_size)
         self._redis = aioredis.from_url(cfg.redis_url)
         business_date: date = await cluster_store.business_date(self._pool)
-        self._context = ApplyContext(business_date, catalog, cfg.policy)
-        store = ShardStore(self._pool, self.owner)
+        self._context = ApplyContext(business_date, catalog, cfg.policy, cfg.servicing)
+        chart = load_chart(Path(cfg.chart_file))
+        store = ShardStore(self._pool, self.owner, chart.role_codes())
         for shard_id in cfg.shard_ids:
             self.shards[shard_id] = ShardCore(
                 shard_id, store, self.context, cfg.inbox_max, cfg.batch_max

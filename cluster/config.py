@@ -13,6 +13,8 @@ from typing import Any
 
 import msgspec
 
+from lending.daily import ServicingPolicy
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = PROJECT_ROOT / "config" / "default.toml"
 
@@ -31,6 +33,7 @@ class RedisSettings(msgspec.Struct, forbid_unknown_fields=True):
 class PathSettings(msgspec.Struct, forbid_unknown_fields=True):
     data_dir: str = ".lendcore"
     products_dir: str = "config/products"
+    chart_file: str = "config/chart_of_accounts.toml"
     partners_file: str = "config/partners.toml"
 
 
@@ -96,6 +99,7 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True):
     shard: ShardSettings = msgspec.field(default_factory=ShardSettings)
     gateway: GatewaySettings = msgspec.field(default_factory=GatewaySettings)
     risk: RiskSettings = msgspec.field(default_factory=RiskSettings)
+    servicing: ServicingPolicy = msgspec.field(default_factory=ServicingPolicy)
     security: SecuritySettings = msgspec.field(default_factory=SecuritySettings)
     operators: list[OperatorSettings] = msgspec.field(default_factory=list)
 
@@ -187,6 +191,10 @@ def _validate(settings: Settings) -> None:
         )
     if not 1 <= settings.shard.batch_max <= 10000:
         raise ConfigError("shard.batch_max must be in 1..10000")
+    try:
+        settings.servicing.validate()
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
     for name in ("pii_key_hex", "hash_key_hex"):
         value = getattr(settings.security, name)
         if len(bytes.fromhex(value)) != 32:

@@ -32,6 +32,7 @@ from gateway.pii import PiiVault
 from gateway.ratelimit import RateLimiter
 from gateway.redis_batch import ScriptBatcher
 from gateway.router import HostChannel, ShardRouter
+from lending.chart import load_chart
 from lending.decision import RiskPolicy
 from lending.products import load_catalog
 from storage import cluster_store
@@ -72,6 +73,8 @@ class System:
         self.settings = settings
         self.pg_dsn = pg_dsn
         self.redis_url = redis_url
+        # Loaded first: a broken chart of accounts must stop start-up before anything runs.
+        self.chart = load_chart(settings.resolve_path(settings.paths.chart_file))
         self.instance = uuid.uuid4().hex[:8]  # names this system's actors in a shared Ray
         self.hosts: list[Any] = []
         self.hosts_ready = False
@@ -95,6 +98,7 @@ class System:
             await cluster_store.initialise(
                 conn, settings.cluster.logical_shards, initial_business_date(settings)
             )
+            await cluster_store.check_chart_covers_ledger(conn, self.chart)
         self._redis = aioredis.from_url(self.redis_url)
         self._start_hosts()
         self.router = self._build_router()
@@ -111,11 +115,13 @@ class System:
             redis_url=self.redis_url,
             redis_prefix=s.redis.key_prefix,
             products_dir=str(s.resolve_path(s.paths.products_dir)),
+            chart_file=str(s.resolve_path(s.paths.chart_file)),
             pool_size=s.storage.pool_size_per_host,
             inbox_max=s.shard.inbox_max,
             batch_max=s.shard.batch_max,
             lease_claim_ttl_ms=s.shard.lease_claim_ttl_ms,
             policy=risk_policy(s),
+            servicing=s.servicing,
         )
 
     def shard_assignment(self) -> list[int]:
@@ -187,6 +193,7 @@ class System:
         ops = OpsApi(
             operators=[Operator(o.name, o.token, o.roles) for o in s.operators],
             pool=self._pool,
+            chart=self.chart,
             cluster_view=self.cluster_view,
             common=common,
         )

@@ -18,9 +18,11 @@ import ray
 import uvloop
 
 from cluster.bootstrap import start_ray
-from cluster.config import Settings, load_settings
+from cluster.config import ConfigError, Settings, load_settings
 from cluster.services import EmbeddedService, start_embedded_postgres, start_embedded_redis
 from cluster.system import System
+from lending.chart import ChartError, load_chart
+from lending.products import ProductError, load_catalog
 
 log = logging.getLogger("lendcore.up")
 
@@ -65,12 +67,24 @@ async def serve(settings: Settings, pg_dsn: str, redis_url: str) -> None:
     await system.stop()
 
 
+def check_config_files(settings: Settings) -> None:
+    """Load every configuration file the system needs, before any service starts."""
+    load_chart(settings.resolve_path(settings.paths.chart_file))
+    load_catalog(settings.resolve_path(settings.paths.products_dir), settings.risk.apr_cap_bps)
+
+
 def run(config_file: Path | None) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s",
         stream=sys.stderr,
     )
-    settings = load_settings(config_file)
+    try:
+        settings = load_settings(config_file)
+        check_config_files(settings)
+    except (ConfigError, ChartError, ProductError) as error:
+        # A configuration mistake is the operator's to fix: one clear line, no traceback.
+        print(f"lendcore: configuration error: {error}", file=sys.stderr, flush=True)
+        return 2
     pg_dsn, redis_url, embedded = resolve_services(settings)
     try:
         start_ray(settings)

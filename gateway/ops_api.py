@@ -26,6 +26,7 @@ from gateway.http import (
     respond_error,
 )
 from gateway.partner_api import LATENCY, REQUESTS
+from lending.chart import Chart
 from storage import cluster_store
 
 ROLES = ("viewer", "operator", "risk_officer", "admin")
@@ -75,11 +76,13 @@ class OpsApi:
         *,
         operators: list[Operator],
         pool: asyncpg.Pool,
+        chart: Chart,
         cluster_view: Callable[[], Awaitable[dict[str, Any]]],
         common: Callable[[Scope, Receive, Send], Awaitable[bool]],
     ) -> None:
         self.operators = operators
         self.pool = pool
+        self.chart = chart
         self.cluster_view = cluster_view
         self.common = common
 
@@ -116,11 +119,23 @@ class OpsApi:
                 return operator
         raise HttpError(401, "unauthenticated", "unknown token")
 
+    async def _shards(self, requested: str | None) -> list[int]:
+        """All logical shards, or the one named by ?shard=N (validated)."""
+        count = await cluster_store.logical_shards(self.pool)
+        if requested is None:
+            return list(range(count))
+        # isascii: str.isdigit() also accepts "²" or "٣", which int() rejects or reads.
+        if not (requested.isascii() and requested.isdigit()) or int(requested) >= count:
+            raise HttpError(400, "invalid_request", f"shard must be an integer in 0..{count - 1}",
+                            "shard")
+        return [int(requested)]
+
     async def _handle(self, scope: Scope) -> tuple[str, bytes]:
         method, path = scope["method"], scope["path"]
         if method != "GET":
             raise HttpError(404, "not_found", f"no route {method} {path}")
-        query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+        query = parse_qs(scope.get("query_string", b"").decode("latin-1"),
+                         keep_blank_values=True)
         if path == "/ops/business-date":
             self._authorise(scope, "viewer")
             value = await cluster_store.business_date(self.pool)
@@ -128,7 +143,14 @@ class OpsApi:
         if path == "/ops/ledger/trial-balance":
             self._authorise(scope, "viewer")
             book = query.get("book", [None])[0] or None
-            return "trial_balance", JSON.encode(await cluster_store.trial_balance(self.pool, book))
+            report = await cluster_store.trial_balance(self.pool, self.chart, book)
+            return "trial_balance", JSON.encode(report)
+        if path == "/ops/ledger/reconciliation":
+            self._authorise(scope, "viewer")
+            book = query.get("book", [None])[0] or None
+            shards = await self._shards(query.get("shard", [None])[0])
+            report = await cluster_store.reconciliation(self.pool, self.chart, book, shards)
+            return "reconciliation", JSON.encode(report)
         if path == "/ops/cluster":
             self._authorise(scope, "viewer")
             return "cluster", JSON.encode(await self.cluster_view())

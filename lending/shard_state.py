@@ -26,18 +26,16 @@ from lending.commands import (
     SubmitApplication,
     error_reply,
 )
+from lending.daily import ServicingPolicy
 from lending.decision import APPROVED, Applicant, RiskPolicy, decide
 from lending.loans import (
     LOAN_PAID_OFF,
     Loan,
     RepaymentRefused,
-    apply_payoff,
-    apply_regular,
-    disbursement_entry,
+    apply_repayment,
+    disbursement_posting,
     new_loan,
     payoff_quote,
-    repayment_entry,
-    settle_receivables,
 )
 from lending.products import ProductCatalog
 from lending.schedules import build_schedule
@@ -170,6 +168,7 @@ class ApplyContext(msgspec.Struct, frozen=True):
     business_date: date
     catalog: ProductCatalog
     policy: RiskPolicy
+    servicing: ServicingPolicy = ServicingPolicy()
 
 
 class ShardState:
@@ -248,6 +247,14 @@ class _Batch:
 
     def loan(self, loan_id: str) -> Loan | None:
         return self.diff.loans.get(loan_id) or self.state.loans.get(loan_id)
+
+    def post(self, loan: Loan, cause: str, posting: ledger.Posting) -> None:
+        """A journal entry of this batch, in the loan's book, dated the business date."""
+        entry = ledger.make_entry(
+            self.new_id("entry"), self.ctx.business_date, loan.book, loan.loan_id, cause,
+            posting,
+        )
+        self.diff.entries.append(entry)
 
     def outstanding_principal(self, customer: Customer) -> int:
         total = 0
@@ -413,8 +420,7 @@ def _book_loan(batch: _Batch, cmd: BookLoan) -> Reply:
             f"amount {app.approved_amount} exceeds the available limit {available}",
         )
     loan = _new_loan(batch, app)
-    entry = disbursement_entry(loan, batch.new_id("entry"), ctx.business_date, loan.loan_id)
-    batch.diff.entries.append(entry)
+    batch.post(loan, loan.loan_id, disbursement_posting(loan))
     batch.diff.loans[loan.loan_id] = loan
     batch.put_application(msgspec.structs.replace(app, loan_id=loan.loan_id))
     batch.put_customer(
@@ -450,6 +456,11 @@ def _new_loan(batch: _Batch, app: Application) -> Loan:
         payee=payee,
         term=app.term,
         schedule=schedule,
+        monthly_fee_bps=product.monthly_fee_bps,
+        penalty_rate_bps=product.penalty_base_rate_bps,
+        penalty_multiplier_pct=product.penalty_multiplier_pct,
+        grace_days=product.grace_days,
+        compound_penalty=product.compound_penalty,
     )
 
 
@@ -467,28 +478,24 @@ def _repay(batch: _Batch, cmd: Repay) -> Reply:
         return error_reply(409, "invalid_state", f"loan {loan.loan_id} is paid off")
     business_date = batch.ctx.business_date
     try:
-        if cmd.kind == "regular":
-            updated, split = apply_regular(loan, cmd.amount, business_date)
-        elif cmd.kind == "payoff":
-            updated, split, _ = apply_payoff(loan, cmd.amount, business_date)
-        else:
-            return error_reply(
-                422, "kind_not_supported",
-                f"repayment kind {cmd.kind} is not available yet", "kind",
-            )
+        result = apply_repayment(loan, cmd.kind, cmd.amount, business_date)
     except RepaymentRefused as refusal:
-        return error_reply(422, refusal.code, refusal.message, "amount")
-    settle_receivables(updated, loan, split)
+        field = "kind" if refusal.code == "kind_not_supported" else "amount"
+        return error_reply(refusal.status, refusal.code, refusal.message, field)
+    updated = result.loan
+    # DPD and bucket move with the payment; so does the classification (a cured loan must
+    # not show DPD 0 as special mention). Non-accrual and write-off change at end of day.
+    updated.classification = batch.ctx.servicing.classify(updated.dpd)
     repayment_id = batch.new_id("repayment")
-    entry = repayment_entry(loan, split, batch.new_id("entry"), business_date, repayment_id)
-    allocation = split.allocation()
+    for posting in result.postings:
+        batch.post(loan, repayment_id, posting)
+    allocation = result.allocation
     record = RepaymentRecord(
         repayment_id, loan.loan_id, cmd.partner_id, cmd.external_ref, cmd.kind, cmd.amount,
         business_date, allocation.penalty, allocation.fee, allocation.interest,
         allocation.principal,
     )
     batch.diff.loans[loan.loan_id] = updated
-    batch.diff.entries.append(entry)
     batch.diff.repayments.append(record)
     batch.take_ref(ref, repayment_id)
     body = views.RepaymentView(
@@ -500,6 +507,7 @@ def _repay(batch: _Batch, cmd: Repay) -> Reply:
         amount=cmd.amount,
         external_ref=cmd.external_ref,
         kind=cmd.kind,
+        prepayment_fee=result.prepayment_fee,
     )
     return Reply(201, views.encode(body))
 

@@ -51,11 +51,14 @@ class LoanView(msgspec.Struct, frozen=True):
     schedule: list[ScheduleItemView]
     product_version: int
     payee: str
+    non_accrual: bool
+    written_off_on: date | None
+    remaining_periods: int
 
 
 class AllocationView(msgspec.Struct, frozen=True):
     penalty: int
-    fee: int
+    fee: int  # includes the prepayment fee, so the four components sum to the amount
     interest: int
     principal: int
 
@@ -69,6 +72,7 @@ class RepaymentView(msgspec.Struct, frozen=True):
     amount: int
     external_ref: str
     kind: str
+    prepayment_fee: int  # the part of allocation.fee that is the prepayment fee
 
 
 class PayoffView(msgspec.Struct, frozen=True):
@@ -150,9 +154,9 @@ def loan_view(loan: Loan) -> LoanView:
         disbursed_on=loan.disbursed_on,
         outstanding=Components(
             principal=loan.outstanding_principal(),
-            interest=loan.interest_receivable,
+            interest=loan.outstanding_interest(),
             penalty=loan.outstanding_penalty(),
-            fee=loan.fee_receivable,
+            fee=loan.outstanding_fee(),
         ),
         dpd=loan.dpd,
         bucket=loan.bucket,
@@ -160,6 +164,9 @@ def loan_view(loan: Loan) -> LoanView:
         schedule=[_schedule_item(i) for i in loan.installments],
         product_version=loan.product_version,
         payee=loan.payee,
+        non_accrual=loan.non_accrual,
+        written_off_on=loan.written_off_on,
+        remaining_periods=sum(1 for i in loan.installments if i.status != "paid"),
     )
 
 

@@ -6,8 +6,11 @@ from datetime import date
 from typing import Any
 
 import asyncpg
+import msgspec
 
-from lending.ledger import CHART
+from lending import reconcile
+from lending.chart import Chart
+from lending.loans import Loan
 
 
 class ClusterMismatch(RuntimeError):
@@ -52,28 +55,115 @@ async def logical_shards(conn: asyncpg.Connection | asyncpg.Pool) -> int:
     return int(value)
 
 
-async def trial_balance(pool: asyncpg.Pool, book: str | None) -> dict[str, Any]:
+async def trial_balance(pool: asyncpg.Pool, chart: Chart, book: str | None) -> dict[str, Any]:
+    """试算平衡 from the running totals (account_balances), per book or over all books."""
     rows = await pool.fetch(
         "SELECT account, sum(debit)::int8 AS debit, sum(credit)::int8 AS credit "
         "FROM account_balances WHERE ($1::text IS NULL OR book = $1) "
         "GROUP BY account ORDER BY account",
         book,
     )
-    accounts = []
+    accounts: list[dict[str, Any]] = []
     for row in rows:
-        account = CHART[row["account"]]
+        account = chart.by_code(row["account"])
         debit, credit = int(row["debit"]), int(row["credit"])
-        balance = debit - credit if account.normal_side == "debit" else credit - debit
+        balance = debit - credit if account.side == "debit" else credit - debit
         accounts.append({
-            "code": account.code, "name": account.name, "debit": debit, "credit": credit,
-            "balance": balance,
+            "code": account.code, "name": account.name, "role": account.role,
+            "debit": debit, "credit": credit, "balance": balance,
         })
+    total_debit = sum(int(a["debit"]) for a in accounts)
+    total_credit = sum(int(a["credit"]) for a in accounts)
+    books = [r["book"] for r in await pool.fetch(
+        "SELECT DISTINCT book FROM account_balances ORDER BY book")]
     return {
         "book": book,
+        "books": books,
         "accounts": accounts,
-        "total_debit": sum(a["debit"] for a in accounts),
-        "total_credit": sum(a["credit"] for a in accounts),
+        "total_debit": total_debit,
+        "total_credit": total_credit,
+        "balanced": total_debit == total_credit,
     }
+
+
+_LOAN = msgspec.msgpack.Decoder(Loan)
+DIFFERENCES_SHOWN_MAX = 100  # a report lists at most this many; the counts cover all
+
+
+async def reconciliation(
+    pool: asyncpg.Pool, chart: Chart, book: str | None, shard_ids: list[int]
+) -> dict[str, Any]:
+    """对账: every loan's state against its journal lines (durable truth on both sides).
+
+    Reads one shard at a time: the loans' stored state and the journal summed per loan and
+    account. Journal lines of a loan that does not exist count as differences too.
+    """
+    checked = 0
+    loans_with_differences: set[str] = set()
+    shown: list[dict[str, Any]] = []
+    role_of = {code: role for role, code in chart.role_codes().items()}
+    for shard_id in shard_ids:
+        # One snapshot per shard: a commit between the two reads would look like a difference.
+        async with pool.acquire() as conn, conn.transaction(
+            isolation="repeatable_read", readonly=True
+        ):
+            journal = await conn.fetch(
+                "SELECT loan_id, account, (sum(debit) - sum(credit))::int8 AS net "
+                "FROM journal_lines WHERE shard_id = $1 AND ($2::text IS NULL OR book = $2) "
+                "GROUP BY loan_id, account", shard_id, book,
+            )
+            states = await conn.fetch("SELECT state FROM loans WHERE shard_id = $1", shard_id)
+        ledger_net: dict[str, dict[str, int]] = {}
+        for row in journal:
+            ledger_net.setdefault(row["loan_id"], {})[role_of[row["account"]]] = int(row["net"])
+        for row in states:
+            loan = _LOAN.decode(row["state"])
+            if book is not None and loan.book != book:
+                continue
+            checked += 1
+            for difference in reconcile.differences(loan, ledger_net.pop(loan.loan_id, {})):
+                loans_with_differences.add(loan.loan_id)
+                if len(shown) < DIFFERENCES_SHOWN_MAX:
+                    shown.append(_difference_row(chart, difference))
+        for orphan, balances in ledger_net.items():  # lines whose loan has no state
+            for role, net in balances.items():
+                if net:
+                    loans_with_differences.add(orphan)
+                    if len(shown) < DIFFERENCES_SHOWN_MAX:
+                        shown.append(_difference_row(
+                            chart, reconcile.Difference(orphan, role, 0, net)))
+    return {
+        "book": book,
+        "shards": shard_ids,
+        "loans_checked": checked,
+        "loans_with_differences": len(loans_with_differences),
+        "differences": shown,
+        "reconciled": not loans_with_differences,
+    }
+
+
+def _difference_row(chart: Chart, difference: reconcile.Difference) -> dict[str, Any]:
+    return {
+        "loan_id": difference.loan_id,
+        "account": chart.code(difference.account),
+        "role": difference.account,
+        "expected": difference.expected,
+        "ledger": difference.ledger,
+    }
+
+
+async def check_chart_covers_ledger(conn: asyncpg.Connection, chart: Chart) -> None:
+    """Refuse to start when the ledger holds an account code the chart no longer has: every
+    report would fail on it, and a code must never change once entries exist."""
+    known = {account.code for account in chart.accounts}
+    stored = {r["account"] for r in await conn.fetch(
+        "SELECT DISTINCT account FROM account_balances")}
+    unknown = sorted(stored - known)
+    if unknown:
+        raise ClusterMismatch(
+            f"the ledger holds account codes {unknown} that the chart of accounts does not "
+            "define; restore them in the chart file (codes must never change once used)"
+        )
 
 
 async def shard_leases(pool: asyncpg.Pool) -> list[dict[str, Any]]:

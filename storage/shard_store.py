@@ -141,7 +141,8 @@ def _rows(rows: list[tuple[Any, ...]]) -> str:
     return _JSON.encode(rows).decode()
 
 
-def _commit_args(shard_id: int, epoch: int, diff: Diff) -> list[Any]:
+def _commit_args(shard_id: int, epoch: int, diff: Diff, codes: dict[str, str]) -> list[Any]:
+    """Positional parameters of _COMMIT; `codes` maps account roles to chart codes."""
     customers = [(c.customer_id, c.id_hash, _ENCODER.encode(c)) for c in diff.customers.values()]
     applications = [
         (a.application_id, a.partner_id, a.partner_application_id, a.customer_id, a.status,
@@ -159,14 +160,14 @@ def _commit_args(shard_id: int, epoch: int, diff: Diff) -> list[Any]:
         for r in diff.repayments
     ]
     lines = [
-        (e.entry_id, n, e.business_date, e.book, e.loan_id, e.cause, e.kind, line.account,
-         line.debit, line.credit)
+        (e.entry_id, n, e.business_date, e.book, e.loan_id, e.cause, e.kind,
+         codes[line.account], line.debit, line.credit)
         for e in diff.entries
         for n, line in enumerate(e.lines)
     ]
     balances = [
-        (book, account, d, c)
-        for (book, account), (d, c) in ledger.balance_deltas(diff.entries).items()
+        (book, codes[role], d, c)
+        for (book, role), (d, c) in ledger.balance_deltas(diff.entries).items()
     ]
     idempotency = [
         (k.partner_id, k.idem_key, k.request_hash, k.status, k.body)
@@ -182,9 +183,10 @@ def _commit_args(shard_id: int, epoch: int, diff: Diff) -> list[Any]:
 class ShardStore:
     """Everything a shard core asks of Postgres. One instance per shard-host process."""
 
-    def __init__(self, pool: asyncpg.Pool, owner: str) -> None:
+    def __init__(self, pool: asyncpg.Pool, owner: str, codes: dict[str, str]) -> None:
         self.pool = pool
         self.owner = owner
+        self.codes = codes  # account role → code of the chart of accounts
 
     async def acquire_lease(self, shard_id: int) -> tuple[int, int]:
         """Take the shard: epoch + 1 (Postgres decides). Returns (epoch, next_seq)."""
@@ -250,6 +252,6 @@ class ShardStore:
         self, conn: asyncpg.Connection, shard_id: int, epoch: int, diff: Diff
     ) -> None:
         """The fenced group commit. Raises LeaseLost (and writes nothing) for a stale epoch."""
-        fenced = await conn.fetchval(_COMMIT, *_commit_args(shard_id, epoch, diff))
+        fenced = await conn.fetchval(_COMMIT, *_commit_args(shard_id, epoch, diff, self.codes))
         if fenced != 1:
             raise LeaseLost(f"shard {shard_id}: epoch {epoch} is no longer the owner")

@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
+import httpx
 import pytest
 import ray
 import uvloop
@@ -143,5 +144,13 @@ def demo(system: RunningSystem) -> Iterator[PartnerClient]:
 @pytest.fixture
 def demo2(system: RunningSystem) -> Iterator[PartnerClient]:
     client = system.client("demo2")
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def ops(system: RunningSystem) -> Iterator[httpx.Client]:
+    """An unauthenticated client of the operator port (add factories.ops_auth())."""
+    client = httpx.Client(base_url=system.system.ops_url, timeout=30)
     yield client
     client.close()

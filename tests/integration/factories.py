@@ -144,3 +144,50 @@ def repay(
 ) -> httpx.Response:
     body = {"amount": amount, "external_ref": external_ref or ref(), "kind": kind}
     return client.post(f"/v1/loans/{loan_id}/repayments", body, key=key)
+
+
+def payoff_quote(client: PartnerClient, loan_id: str) -> dict[str, Any]:
+    response = client.get(f"/v1/loans/{loan_id}/payoff")
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def repay_batch(client: PartnerClient, items: Any, key: str | None = None) -> httpx.Response:
+    return client.post("/v1/repayments/batch", {"items": items}, key=key)
+
+
+# ---- operator API -----------------------------------------------------------------------------
+
+ADMIN_TOKEN = "dev-admin-token-change-me"  # the dev config's admin (API.md)
+RECONCILIATION_KEYS = {
+    "book", "shards", "loans_checked", "loans_with_differences", "differences", "reconciled",
+}
+
+
+def ops_auth(token: str = ADMIN_TOKEN) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def trial_balance(ops: httpx.Client, query: str = "") -> dict[str, Any]:
+    """GET /ops/ledger/trial-balance: 200, and its totals are those of its accounts."""
+    response = ops.get(f"/ops/ledger/trial-balance{query}", headers=ops_auth())
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["total_debit"] == body["total_credit"], body
+    assert body["balanced"] is True, body
+    assert body["total_debit"] == sum(a["debit"] for a in body["accounts"])
+    assert body["total_credit"] == sum(a["credit"] for a in body["accounts"])
+    return body
+
+
+def reconciliation(ops: httpx.Client, query: str = "") -> dict[str, Any]:
+    """GET /ops/ledger/reconciliation: 200 with a self-consistent report (not necessarily
+    reconciled: the caller asserts that)."""
+    response = ops.get(f"/ops/ledger/reconciliation{query}", headers=ops_auth())
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert set(body) == RECONCILIATION_KEYS, body
+    assert body["reconciled"] is (body["loans_with_differences"] == 0), body
+    assert (body["differences"] == []) is body["reconciled"], body
+    assert len({d["loan_id"] for d in body["differences"]}) <= body["loans_with_differences"]
+    return body

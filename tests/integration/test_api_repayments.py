@@ -9,9 +9,8 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-import httpx
 import pytest
-from factories import assert_error, fresh_id, get_loan, new_loan, ref, repay
+from factories import assert_error, fresh_id, get_loan, new_loan, ref, repay, repay_batch
 
 from loadtests.client import PartnerClient
 
@@ -166,13 +165,138 @@ def test_invalid_repayment_body_is_400(
     assert get_loan(demo, loan["loan_id"]) == loan
 
 
+# ---- partial prepayments (提前部分还款) --------------------------------------------------------
+# On the disbursement day nothing is due and no interest has run (0 days), so the whole
+# amount goes to principal; the remaining schedule is rebuilt from the new balance on the
+# original due dates, and the prepaid principal is recorded as paid on installment 1 (so the
+# principals still sum to the loan amount). Installment 1's interest becomes interest to date
+# on the old balance (0 here) + the rest of its period (29 days, 2026-11-29 → 2026-12-28) on
+# the new balance at the daily rate: 700,000 × 18% × 29 / 360 = 10,150. Figures were checked
+# against DOMAIN.md §2 with exact fractions (r = 1.5% a month).
+
+
+def _schedule_rows(loan: dict[str, Any]) -> list[tuple[int, int, int]]:
+    return [(line["principal"], line["interest"], line["fee"]) for line in loan["schedule"]]
+
+
+def test_prepay_reduce_installment_keeps_the_term_and_lowers_the_installment(
+    demo: PartnerClient,
+) -> None:
+    loan = new_loan(demo)
+
+    response = repay(demo, loan["loan_id"], 300_000, kind="prepay_reduce_installment")
+
+    assert response.status_code == 201, response.text
+    body = response.json()
+    assert body["kind"] == "prepay_reduce_installment"
+    assert body["allocation"] == {"penalty": 0, "fee": 0, "interest": 0, "principal": 300_000}
+    assert body["prepayment_fee"] == 0
+    after = body["loan"]
+    assert after == get_loan(demo, loan["loan_id"])
+    assert after["status"] == "active"
+    assert after["term"] == 12
+    assert after["remaining_periods"] == 12
+    assert after["outstanding"] == {"principal": 700_000, "interest": 0, "penalty": 0, "fee": 0}
+    assert [line["due_date"] for line in after["schedule"]] == [
+        line["due_date"] for line in loan["schedule"]
+    ]
+    rows = _schedule_rows(after)
+    # 700,000 over 12 periods: T = round(700,000·r / (1 − (1+r)^−12)) = 64,176;
+    # period 1 principal T − 10,500 = 53,676 (+ the 300,000 prepaid), period 2 on 646,324.
+    assert rows[0] == (353_676, 10_150, 0)
+    assert rows[1] == (54_481, 9_695, 0)
+    assert rows[11] == (63_227, 948, 0)
+    assert {p + i for p, i, _ in rows[1:11]} == {64_176}
+    assert sum(p for p, _, _ in rows) == P
+    first = after["schedule"][0]
+    assert first["paid"] == {"principal": 300_000, "interest": 0, "penalty": 0, "fee": 0}
+    assert first["status"] == "pending"
+    assert all(line["paid"] == ZERO_PAID for line in after["schedule"][1:])
+    assert demo.get(f"/v1/loans/{loan['loan_id']}/payoff").json()["total"] == 700_000
+
+
+def test_prepay_shorten_term_keeps_the_installment_with_fewer_periods(
+    demo: PartnerClient,
+) -> None:
+    loan = new_loan(demo)
+
+    response = repay(demo, loan["loan_id"], 300_000, kind="prepay_shorten_term")
+
+    assert response.status_code == 201, response.text
+    body = response.json()
+    assert body["kind"] == "prepay_shorten_term"
+    assert body["allocation"] == {"penalty": 0, "fee": 0, "interest": 0, "principal": 300_000}
+    assert body["prepayment_fee"] == 0
+    after = body["loan"]
+    assert after == get_loan(demo, loan["loan_id"])
+    assert after["term"] == 12  # the contract term; the schedule is what got shorter
+    assert after["remaining_periods"] == 9
+    assert after["outstanding"]["principal"] == 700_000
+    assert [line["due_date"] for line in after["schedule"]] == [
+        line["due_date"] for line in loan["schedule"][:9]
+    ]
+    rows = _schedule_rows(after)
+    # The installment 91,680 is kept: period 1 repays 91,680 − 10,500 = 81,180 (+ 300,000),
+    # and 700,000 is gone after 9 periods, the last paying what is left.
+    assert rows[0] == (381_180, 10_150, 0)
+    assert rows[1] == (82_398, 9_282, 0)
+    assert {p + i for p, i, _ in rows[1:8]} == {FIRST_TOTAL}
+    assert rows[8] == (15_422, 231, 0)
+    assert sum(p for p, _, _ in rows) == P
+
+
+def test_prepayment_after_the_first_installment_rebuilds_from_the_second(
+    demo: PartnerClient,
+) -> None:
+    """Installment 1 paid in advance keeps its figures (interest paid ahead is not
+    refunded); the rebuild starts at installment 2 with 623,320 over 11 periods."""
+    loan = new_loan(demo)
+    assert repay(demo, loan["loan_id"], FIRST_TOTAL).status_code == 201
+
+    response = repay(demo, loan["loan_id"], 300_000, kind="prepay_reduce_installment")
+
+    assert response.status_code == 201, response.text
+    after = response.json()["loan"]
+    rows = _schedule_rows(after)
+    assert rows[0] == (FIRST_PRINCIPAL, FIRST_INTEREST, 0)
+    assert after["schedule"][0]["status"] == "paid"
+    # T = round(623,320·r / (1 − (1+r)^−11)) = 61,892; period 2: 623,320 × 1.5% = 9,350.
+    assert rows[1] == (300_000 + 52_542, 9_350, 0)
+    assert {p + i for p, i, _ in rows[2:11]} == {61_892}
+    assert rows[11] == (60_977, 915, 0)
+    assert sum(p for p, _, _ in rows) == P
+    assert after["outstanding"]["principal"] == P - FIRST_PRINCIPAL - 300_000
+    assert after["remaining_periods"] == 11
+
+
 @pytest.mark.parametrize("kind", ["prepay_reduce_installment", "prepay_shorten_term"])
-def test_prepayment_kinds_are_not_supported_yet(
+def test_prepayment_of_exactly_the_payoff_total_settles_the_loan(
+    demo: PartnerClient, kind: str
+) -> None:
+    loan = new_loan(demo)
+    response = repay(demo, loan["loan_id"], P, kind=kind)
+    assert response.status_code == 201, response.text
+    body = response.json()
+    assert body["allocation"] == {"penalty": 0, "fee": 0, "interest": 0, "principal": P}
+    assert body["loan"]["status"] == "paid_off"
+    assert body["loan"]["remaining_periods"] == 0
+    assert body["loan"]["outstanding"] == ZERO_PAID
+    assert get_loan(demo, loan["loan_id"]) == body["loan"]
+
+
+@pytest.mark.parametrize("kind", ["prepay_reduce_installment", "prepay_shorten_term"])
+def test_prepayment_of_more_than_the_loan_is_422_and_changes_nothing(
     demo: PartnerClient, untouched_loan: dict[str, Any], kind: str
 ) -> None:
     loan = untouched_loan
-    assert_error(repay(demo, loan["loan_id"], 20_000, kind=kind), 422, "kind_not_supported")
+    external_ref = ref()
+    response = repay(demo, loan["loan_id"], loan["principal"] + 1, kind=kind,
+                     external_ref=external_ref)
+    assert_error(response, 422, "amount_exceeds_due", "amount")
     assert get_loan(demo, loan["loan_id"]) == loan
+    # The refusal did not use up the reference.
+    other = new_loan(demo, amount=100_000)
+    assert repay(demo, other["loan_id"], 1_000, external_ref=external_ref).status_code == 201
 
 
 def test_repaying_an_unknown_or_foreign_loan_is_404(
@@ -314,10 +438,6 @@ def test_customer_view_after_a_booking_and_a_repayment(demo: PartnerClient) -> N
 # ---- batch ----------------------------------------------------------------------------------
 
 
-def _batch(client: PartnerClient, items: list[Any], key: str | None = None) -> httpx.Response:
-    return client.post("/v1/repayments/batch", {"items": items}, key=key)
-
-
 def test_batch_of_ten_across_loans_answers_each_in_order(demo: PartnerClient) -> None:
     loans = [new_loan(demo, amount=500_000) for _ in range(3)]
     items = [
@@ -327,7 +447,7 @@ def test_batch_of_ten_across_loans_answers_each_in_order(demo: PartnerClient) ->
     ]
     key = uuid.uuid4().hex
 
-    response = _batch(demo, items, key=key)
+    response = repay_batch(demo, items, key=key)
 
     assert response.status_code == 200, response.text
     results = response.json()["results"]
@@ -345,7 +465,7 @@ def test_batch_of_ten_across_loans_answers_each_in_order(demo: PartnerClient) ->
         assert after["outstanding"]["principal"] == 500_000
 
     # Replay: the same bytes, marked, and no second effect.
-    replay = _batch(demo, items, key=key)
+    replay = repay_batch(demo, items, key=key)
     assert replay.status_code == 200
     assert replay.content == response.content
     assert replay.headers.get("idempotent-replayed") == "true"
@@ -371,7 +491,7 @@ def test_batch_items_fail_alone(demo: PartnerClient, demo2: PartnerClient) -> No
         {"loan_id": loan["loan_id"], "amount": 100, "external_ref": ref()},
     ]
 
-    response = _batch(demo, items)
+    response = repay_batch(demo, items)
 
     assert response.status_code == 200, response.text
     results = response.json()["results"]
@@ -405,13 +525,13 @@ def test_batch_items_fail_alone(demo: PartnerClient, demo2: PartnerClient) -> No
 def test_batch_size_outside_1_to_1000_is_400(
     demo: PartnerClient, items: Any, field: str
 ) -> None:
-    assert_error(_batch(demo, items), 400, "invalid_request", field)
+    assert_error(repay_batch(demo, items), 400, "invalid_request", field)
 
 
 def test_batch_of_exactly_1000_items_is_accepted(demo: PartnerClient) -> None:
     items = [{"loan_id": "LN-0000-9999999999", "amount": 1, "external_ref": ref()}
              for _ in range(1000)]
-    response = _batch(demo, items)
+    response = repay_batch(demo, items)
     assert response.status_code == 200, response.text
     results = response.json()["results"]
     assert len(results) == 1000
@@ -433,7 +553,7 @@ def test_batch_duplicate_external_ref_inside_one_batch(demo: PartnerClient) -> N
     same = ref()
     items = [{"loan_id": loan["loan_id"], "amount": 1_000, "external_ref": same},
              {"loan_id": loan["loan_id"], "amount": 2_000, "external_ref": same}]
-    results = _batch(demo, items).json()["results"]
+    results = repay_batch(demo, items).json()["results"]
     assert [r["status"] for r in results] == [201, 409]
     assert results[1]["body"]["error"]["code"] == "duplicate_external_ref"
     assert get_loan(demo, loan["loan_id"])["schedule"][0]["paid"]["interest"] == 1_000

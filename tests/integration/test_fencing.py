@@ -14,6 +14,7 @@ from conftest import create_database, drop_database
 from actors.core import LOST, SERVING, ShardCore
 from cluster.config import load_settings
 from cluster.system import risk_policy
+from lending.chart import load_chart
 from lending.commands import CustomerFacts, SubmitApplication
 from lending.products import load_catalog
 from lending.shard_state import ApplyContext
@@ -44,6 +45,9 @@ def _application(n: int) -> SubmitApplication:
     )
 
 
+CODES = load_chart(Path("config/chart_of_accounts.toml")).role_codes()
+
+
 async def _scenario(dsn: str) -> None:
     settings = load_settings(environ={})
     pool = await asyncpg.create_pool(dsn, min_size=1, max_size=4)
@@ -53,8 +57,8 @@ async def _scenario(dsn: str) -> None:
         await cluster_store.initialise(conn, 1, BUSINESS_DATE)
     context = ApplyContext(BUSINESS_DATE, load_catalog(Path("config/products")),
                            risk_policy(settings))
-    old = ShardCore(0, ShardStore(pool, "old"), lambda: context, 100, 10)
-    new = ShardCore(0, ShardStore(pool, "new"), lambda: context, 100, 10)
+    old = ShardCore(0, ShardStore(pool, "old", CODES), lambda: context, 100, 10)
+    new = ShardCore(0, ShardStore(pool, "new", CODES), lambda: context, 100, 10)
     try:
         await old.activate()
         assert (await old.submit(_application(1))).status == 201

@@ -152,3 +152,25 @@ def _wait_for_port(port: int, timeout_s: float = 60) -> None:
                 return
         time.sleep(0.2)
     raise AssertionError(f"nothing listens on {port} after {timeout_s} s")
+
+
+def test_up_refuses_a_broken_chart_of_accounts_before_starting_anything(tmp_path: Path) -> None:
+    """A chart missing a role is a one-line configuration error and exit 2: no service,
+    no Ray, no traceback."""
+    chart = (PROJECT_ROOT / "config" / "chart_of_accounts.toml").read_text()
+    broken = tmp_path / "chart.toml"
+    broken.write_text(chart.replace('role = "fee_income"', 'role = "fee_incme"'))
+    config = tmp_path / "broken.toml"
+    config.write_text(f'[paths]\nchart_file = "{broken}"\n')
+    result = subprocess.run(
+        [sys.executable, "-m", "cluster.cli", "up", "--config", str(config)],
+        cwd=PROJECT_ROOT, env=_environment(tmp_path / "data"), capture_output=True, text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "configuration error" in result.stderr
+    assert "unknown role 'fee_incme'" in result.stderr
+    assert "missing roles: fee_income" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stdout == ""
+    assert not (tmp_path / "data").exists(), "nothing may start before the config is valid"
