@@ -28,6 +28,7 @@ from lending.commands import BATCH_DECODER, BATCH_ENCODER, Reply
 from lending.daily import ServicingPolicy
 from lending.decision import RiskPolicy
 from lending.products import ProductCatalog, load_catalog
+from lending.riskbook import RiskBookReloader
 from lending.shard_state import ApplyContext
 from storage import cluster_store
 from storage.db import create_pool
@@ -50,6 +51,7 @@ class HostConfig(msgspec.Struct, frozen=True):
     lease_claim_ttl_ms: int
     policy: RiskPolicy
     servicing: ServicingPolicy
+    risk_dir: str = ""  # config/risk: rule sets, scorecard, pricing (hot-reloaded)
 
 
 class ShardHostCore:
@@ -63,6 +65,7 @@ class ShardHostCore:
         self._pool: asyncpg.Pool | None = None
         self._redis: aioredis.Redis | None = None
         self._context: ApplyContext | None = None
+        self._risk: RiskBookReloader | None = None
 
     async def ensure_started(self) -> None:
         if self._start_task is None:
@@ -72,10 +75,14 @@ class ShardHostCore:
     async def _start(self) -> None:
         cfg = self.config
         catalog: ProductCatalog = load_catalog(Path(cfg.products_dir), cfg.policy.apr_cap_bps)
+        self._risk = RiskBookReloader(Path(cfg.risk_dir)) if cfg.risk_dir else None
         self._pool = await create_pool(cfg.pg_dsn, cfg.pool_size)
         self._redis = aioredis.from_url(cfg.redis_url)
         business_date: date = await cluster_store.business_date(self._pool)
-        self._context = ApplyContext(business_date, catalog, cfg.policy, cfg.servicing)
+        self._context = ApplyContext(
+            business_date, catalog, cfg.policy, cfg.servicing,
+            risk=self._risk.book if self._risk is not None else None,
+        )
         chart = load_chart(Path(cfg.chart_file))
         store = ShardStore(self._pool, self.owner, chart.role_codes())
         for shard_id in cfg.shard_ids:
@@ -102,6 +109,11 @@ class ShardHostCore:
 
     def context(self) -> ApplyContext:
         assert self._context is not None
+        if self._risk is not None:
+            # Hot reload: an edited config/risk decides the next batch, no restart.
+            book = self._risk.current()
+            if book is not self._context.risk:
+                self._context = msgspec.structs.replace(self._context, risk=book)
         return self._context
 
     async def _activate(self, core: ShardCore) -> None:

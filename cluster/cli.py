@@ -31,6 +31,13 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--config", type=Path)
     bench.add_argument("--loans", type=int, default=None, help="loans to seed")
     bench.add_argument("--duration", type=float, default=None, help="seconds per phase")
+    rules = commands.add_parser("rules", help="risk rules: `lendcore rules check [--dir DIR]`")
+    rules_commands = rules.add_subparsers(dest="rules_command", required=True)
+    rules_check = rules_commands.add_parser(
+        "check", help="validate config/risk (rule sets, scorecard, pricing); path:line errors"
+    )
+    rules_check.add_argument("--dir", type=Path, default=None,
+                             help="risk config directory (default: paths.risk_dir)")
     args = parser.parse_args(argv)
     if args.command == "up":
         from cluster.up import run
@@ -42,6 +49,10 @@ def main(argv: list[str] | None = None) -> int:
         from loadtests.bench import run_bench
 
         return run_bench(args.config, quick=args.quick, loans=args.loans, duration=args.duration)
+    if args.command == "rules":
+        from cluster.rules_cli import run as run_rules
+
+        return run_rules(args)
     parser.error(f"unknown command {args.command}")
     return 2
 

@@ -14,6 +14,7 @@ from typing import Any
 import msgspec
 
 from lending.daily import ServicingPolicy
+from lending.screening import SOURCES
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = PROJECT_ROOT / "config" / "default.toml"
@@ -35,6 +36,7 @@ class PathSettings(msgspec.Struct, forbid_unknown_fields=True):
     products_dir: str = "config/products"
     chart_file: str = "config/chart_of_accounts.toml"
     partners_file: str = "config/partners.toml"
+    risk_dir: str = "config/risk"
 
 
 class ClusterSettings(msgspec.Struct, forbid_unknown_fields=True):
@@ -72,12 +74,75 @@ class GatewaySettings(msgspec.Struct, forbid_unknown_fields=True):
 class RiskSettings(msgspec.Struct, forbid_unknown_fields=True):
     apr_cap_bps: int = 2400
     offer_valid_days: int = 7
-    review_amount_over: int = 5000000
-    income_min: int = 1000000
-    age_min: int = 22
-    age_max: int = 55
-    limit_income_multiple_pct: int = 500
-    limit_max: int = 20000000
+
+
+CONNECTOR_MODES = ("simulator",)  # real connectors are not configured in this repo
+
+
+class ConnectorSourceSettings(msgspec.Struct, forbid_unknown_fields=True):
+    """[connectors.sources.<name>]: per-source overrides; an absent key inherits [connectors]."""
+
+    enabled: bool = True
+    timeout_ms: int | None = None
+    retries: int | None = None
+    retry_backoff_ms: int | None = None
+    breaker_failures: int | None = None
+    breaker_reset_s: float | None = None
+    simulator_latency_ms: int | None = None
+    simulator_jitter_ms: int | None = None
+    simulator_failure_rate: float | None = None
+
+
+class ConnectorSettings(msgspec.Struct, forbid_unknown_fields=True):
+    """[connectors]: external data sources (DOMAIN.md §6), see gateway/connectors.py."""
+
+    mode: str = "simulator"
+    timeout_ms: int = 1000
+    retries: int = 1
+    retry_backoff_ms: int = 50
+    breaker_failures: int = 5
+    breaker_reset_s: float = 30.0
+    deadline_ms: int = 3000
+    simulator_latency_ms: int = 0
+    simulator_jitter_ms: int = 0
+    simulator_failure_rate: float = 0.0
+    simulator_seed: int = 0
+    sources: dict[str, ConnectorSourceSettings] = msgspec.field(default_factory=dict)
+
+    def for_source(self, name: str) -> dict[str, Any]:
+        """The effective per-source keys of `name`: its overrides over the [connectors] ones."""
+        override = self.sources.get(name, ConnectorSourceSettings())
+        values: dict[str, Any] = {"enabled": override.enabled}
+        for key in _CONNECTOR_SOURCE_KEYS:
+            value = getattr(override, key)
+            values[key] = getattr(self, key) if value is None else value
+        return values
+
+
+_CONNECTOR_SOURCE_KEYS = tuple(
+    key for key in ConnectorSourceSettings.__struct_fields__ if key != "enabled"
+)
+
+
+class AntiFraudSettings(msgspec.Struct, forbid_unknown_fields=True):
+    """Sliding windows of the anti-fraud counters (gateway/antifraud.py); thresholds are the
+    rules' business, these only say what is counted."""
+
+    id_window_s: int = 86400
+    phone_window_s: int = 86400
+    device_window_s: int = 86400
+    ip_window_s: int = 86400
+    device_identities_window_s: int = 604800
+    id_partners_window_s: int = 2592000
+    max_events_per_key: int = 1000
+
+
+class ReviewSettings(msgspec.Struct, forbid_unknown_fields=True):
+    """Manual review queue (gateway/reviews.py)."""
+
+    claim_ttl_s: int = 900  # an officer's claim on an application lasts this long
+    maker_checker_amount_over: int = 3000000  # above: a second officer must confirm
+    page_max: int = 100  # most reviews or audit rows one GET returns
 
 
 class SecuritySettings(msgspec.Struct, forbid_unknown_fields=True):
@@ -99,7 +164,10 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True):
     shard: ShardSettings = msgspec.field(default_factory=ShardSettings)
     gateway: GatewaySettings = msgspec.field(default_factory=GatewaySettings)
     risk: RiskSettings = msgspec.field(default_factory=RiskSettings)
+    antifraud: AntiFraudSettings = msgspec.field(default_factory=AntiFraudSettings)
     servicing: ServicingPolicy = msgspec.field(default_factory=ServicingPolicy)
+    connectors: ConnectorSettings = msgspec.field(default_factory=ConnectorSettings)
+    review: ReviewSettings = msgspec.field(default_factory=ReviewSettings)
     security: SecuritySettings = msgspec.field(default_factory=SecuritySettings)
     operators: list[OperatorSettings] = msgspec.field(default_factory=list)
 
@@ -191,14 +259,70 @@ def _validate(settings: Settings) -> None:
         )
     if not 1 <= settings.shard.batch_max <= 10000:
         raise ConfigError("shard.batch_max must be in 1..10000")
+    for name, value in msgspec.structs.asdict(settings.antifraud).items():
+        if not 1 <= value <= 10**9:
+            raise ConfigError(f"antifraud.{name} must be in 1..1000000000")
     try:
         settings.servicing.validate()
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc
+    _validate_connectors(settings.connectors)
+    review = settings.review
+    if not 1 <= review.claim_ttl_s <= 7 * 86400:
+        raise ConfigError("review.claim_ttl_s must be in 1..604800")
+    if review.maker_checker_amount_over < 0:
+        raise ConfigError("review.maker_checker_amount_over must be >= 0")
+    if not 1 <= review.page_max <= 1000:
+        raise ConfigError("review.page_max must be in 1..1000")
     for name in ("pii_key_hex", "hash_key_hex"):
         value = getattr(settings.security, name)
         if len(bytes.fromhex(value)) != 32:
             raise ConfigError(f"security.{name} must be 32 bytes of hex")
+
+
+# key → (lowest, highest) allowed, for [connectors] and each [connectors.sources.<name>]
+_CONNECTOR_RANGES: dict[str, tuple[float, float]] = {
+    "timeout_ms": (1, 60000),
+    "retries": (0, 5),
+    "retry_backoff_ms": (0, 10000),
+    "breaker_failures": (1, 1000),
+    "breaker_reset_s": (0.001, 3600),
+    "simulator_latency_ms": (0, 60000),
+    "simulator_jitter_ms": (0, 60000),
+    "simulator_failure_rate": (0, 1),
+}
+
+
+def _validate_connectors(connectors: ConnectorSettings) -> None:
+    if connectors.mode not in CONNECTOR_MODES:
+        raise ConfigError(
+            f"connectors.mode must be one of {list(CONNECTOR_MODES)} (real connectors are not "
+            f"configured in this build), not {connectors.mode!r}"
+        )
+    if not 1 <= connectors.deadline_ms <= 120000:
+        raise ConfigError("connectors.deadline_ms must be in 1..120000")
+    unknown = sorted(set(connectors.sources) - set(SOURCES))
+    if unknown:
+        raise ConfigError(
+            f"connectors.sources: unknown source(s) {unknown}; known: {list(SOURCES)}"
+        )
+    tables: list[tuple[str, ConnectorSettings | ConnectorSourceSettings]] = [
+        ("connectors", connectors)
+    ] + [
+        (f"connectors.sources.{name}", override) for name, override in connectors.sources.items()
+    ]
+    for table, values in tables:
+        for key, (low, high) in _CONNECTOR_RANGES.items():
+            value = getattr(values, key)
+            if value is not None and not low <= value <= high:
+                raise ConfigError(f"{table}.{key} must be in {low:g}..{high:g}, not {value}")
+    for name in SOURCES:
+        effective = connectors.for_source(name)
+        if effective["enabled"] and effective["timeout_ms"] > connectors.deadline_ms:
+            raise ConfigError(
+                f"connectors: {name}'s timeout_ms ({effective['timeout_ms']}) exceeds "
+                f"deadline_ms ({connectors.deadline_ms}): it could never time out on its own"
+            )
 
 
 def load_partner_secrets(path: Path, environ: dict[str, str] | None = None) -> dict[str, bytes]:

@@ -24,6 +24,8 @@ import uvicorn
 from actors.host import HostConfig
 from actors.ray_host import ShardHostActor
 from cluster.config import Settings, load_partner_secrets
+from gateway.antifraud import AntiFraud, Blacklist
+from gateway.connectors import ConnectorRunner
 from gateway.guard import RedisGuard
 from gateway.openapi import build_openapi
 from gateway.ops_api import Operator, OpsApi, common_endpoints
@@ -31,7 +33,9 @@ from gateway.partner_api import PartnerApi
 from gateway.pii import PiiVault
 from gateway.ratelimit import RateLimiter
 from gateway.redis_batch import ScriptBatcher
+from gateway.reviews import ReviewDesk
 from gateway.router import HostChannel, ShardRouter
+from gateway.screening import Screener
 from lending.chart import load_chart
 from lending.decision import RiskPolicy
 from lending.products import load_catalog
@@ -81,6 +85,9 @@ class System:
         self.router: ShardRouter | None = None
         self._pool: asyncpg.Pool | None = None
         self._redis: aioredis.Redis | None = None
+        self.blacklist: Blacklist | None = None  # built with the servers
+        self.antifraud: AntiFraud | None = None  # what the partner API screens with
+        self.connectors: ConnectorRunner | None = None  # external data sources
         self._servers: list[_Server] = []
         self._server_tasks: list[asyncio.Task[None]] = []
         self.api_url = ""
@@ -122,6 +129,7 @@ class System:
             lease_claim_ttl_ms=s.shard.lease_claim_ttl_ms,
             policy=risk_policy(s),
             servicing=s.servicing,
+            risk_dir=str(s.resolve_path(s.paths.risk_dir)),
         )
 
     def shard_assignment(self) -> list[int]:
@@ -173,6 +181,13 @@ class System:
             bytes.fromhex(s.security.pii_key_hex), bytes.fromhex(s.security.hash_key_hex)
         )
         batcher = ScriptBatcher(self._redis)
+        self.blacklist = Blacklist(self._pool, self._redis, s.redis.key_prefix)
+        await self.sync_blacklists()
+        self.antifraud = AntiFraud(
+            self._redis, s.redis.key_prefix, **msgspec.structs.asdict(s.antifraud),
+            batcher=batcher, blacklist=self.blacklist,
+        )
+        self.connectors = ConnectorRunner.from_settings(s.connectors)
         partner = PartnerApi(
             secrets=load_partner_secrets(s.resolve_path(s.paths.partners_file)),
             guard=RedisGuard(
@@ -182,6 +197,7 @@ class System:
             limiter=RateLimiter(self._redis, s.redis.key_prefix, batcher),
             router=self.router,
             vault=vault,
+            screener=Screener(self.antifraud, self.connectors),
             catalog=load_catalog(s.resolve_path(s.paths.products_dir), s.risk.apr_cap_bps),
             body_max_bytes=s.gateway.body_max_bytes,
             clock_skew_max_s=s.gateway.clock_skew_max_s,
@@ -196,6 +212,17 @@ class System:
             chart=self.chart,
             cluster_view=self.cluster_view,
             common=common,
+            vault=vault,
+            blacklist=self.blacklist,
+            reviews=ReviewDesk(
+                pool=self._pool,
+                redis=self._redis,
+                prefix=s.redis.key_prefix,
+                router=self.router,
+                claim_ttl_s=s.review.claim_ttl_s,
+                maker_checker_amount_over=s.review.maker_checker_amount_over,
+                page_max=s.review.page_max,
+            ),
         )
         for app, host, port in (
             (partner, s.gateway.api_host, s.gateway.api_port),
@@ -217,6 +244,17 @@ class System:
         ops_port = self._bound_port(self._servers[1])
         self.api_url = f"http://{s.gateway.api_host}:{api_port}"
         self.ops_url = f"http://{s.gateway.ops_host}:{ops_port}"
+
+    async def sync_blacklists(self) -> None:
+        """Rebuild the Redis blacklist sets from Postgres (the truth). A Redis that is down
+        now only delays it: the first screen rebuilds before it reads them."""
+        assert self.blacklist is not None
+        try:
+            await self.blacklist.rebuild()
+        except (aioredis.RedisError, OSError) as exc:
+            self.blacklist.mark_stale()
+            log.warning("blacklist sets not rebuilt at start (%s): first screen rebuilds",
+                        type(exc).__name__)
 
     @staticmethod
     def _bound_port(server: _Server) -> int:
@@ -274,6 +312,8 @@ class System:
         await asyncio.gather(*self._server_tasks, return_exceptions=True)
         if self.router is not None:
             await self.router.close()
+        if self.connectors is not None:
+            await self.connectors.aclose()
         stops = [host.stop.remote() for host in self.hosts]
         with contextlib.suppress(*RAY_RETRYABLE):
             await asyncio.wait_for(asyncio.gather(*stops), 30)

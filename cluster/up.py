@@ -23,6 +23,7 @@ from cluster.services import EmbeddedService, start_embedded_postgres, start_emb
 from cluster.system import System
 from lending.chart import ChartError, load_chart
 from lending.products import ProductError, load_catalog
+from lending.riskbook import RiskBookError, load_risk_book
 
 log = logging.getLogger("lendcore.up")
 
@@ -71,6 +72,7 @@ def check_config_files(settings: Settings) -> None:
     """Load every configuration file the system needs, before any service starts."""
     load_chart(settings.resolve_path(settings.paths.chart_file))
     load_catalog(settings.resolve_path(settings.paths.products_dir), settings.risk.apr_cap_bps)
+    load_risk_book(settings.resolve_path(settings.paths.risk_dir))
 
 
 def run(config_file: Path | None) -> int:
@@ -81,7 +83,7 @@ def run(config_file: Path | None) -> int:
     try:
         settings = load_settings(config_file)
         check_config_files(settings)
-    except (ConfigError, ChartError, ProductError) as error:
+    except (ConfigError, ChartError, ProductError, RiskBookError) as error:
         # A configuration mistake is the operator's to fix: one clear line, no traceback.
         print(f"lendcore: configuration error: {error}", file=sys.stderr, flush=True)
         return 2

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
+from urllib.parse import parse_qs
 
 import msgspec
 
@@ -104,3 +105,20 @@ async def lifespan(receive: Receive, send: Send) -> None:
         elif message["type"] == "lifespan.shutdown":
             await send({"type": "lifespan.shutdown.complete"})
             return
+
+
+def query_params(scope: Scope) -> dict[str, list[str]]:
+    """The query string as name → values; blank values kept (`?shard=` is an error, not
+    "every shard")."""
+    return parse_qs(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
+
+
+def choice_param(
+    query: dict[str, list[str]], name: str, allowed: tuple[str, ...]
+) -> str | None:
+    """An optional parameter restricted to `allowed`: None when absent or blank."""
+    value = query.get(name, [""])[0] or None
+    if value is not None and value not in allowed:
+        raise HttpError(400, "invalid_request", f"{name} must be one of {', '.join(allowed)}",
+                        name)
+    return value

@@ -7,10 +7,15 @@ from typing import Any
 
 import msgspec
 
+from gateway.ops_api import BlacklistIn
 from gateway.partner_api import BatchResponse
+from gateway.reviews import ClaimView, ReleaseView, ReviewDecisionIn, ReviewPage
 from gateway.schemas import ApplicationIn, BatchRepaymentItemIn, BookLoanIn, RepaymentIn
 from lending.commands import ErrorBody
 from lending.loans import REPAYMENT_KINDS
+from lending.origination import APR_CAP, NO_PRICE_TIER
+from lending.rules import RULE_ERROR
+from lending.shard_state import Application, ReviewResult
 from lending.views import ApplicationView, CustomerView, LoanView, PayoffView, RepaymentView
 
 
@@ -64,11 +69,111 @@ class Reconciliation(msgspec.Struct):
     reconciled: bool
 
 
+class BusinessDate(msgspec.Struct):
+    """会计日: the date every command carries; only end of day advances it."""
+
+    business_date: str
+
+
+# Blacklists and the audit trail. `gateway/ops_api.py` renders them as dicts
+# (`BlacklistEntry.masked`, `storage/audit.history`); these Structs only describe them.
+class BlacklistEntryView(msgspec.Struct):
+    """One blacklist entry as operators see it: `value` is the device id, or for id_number
+    and phone (`hashed` true) the first 12 hex characters of the keyed hash and `…`, never
+    the number."""
+
+    kind: str
+    value: str
+    hashed: bool
+    reason: str
+    added_by: str
+    added_at: str
+
+
+class BlacklistPage(msgspec.Struct):
+    """Newest first, at most `limit`; `total` counts every entry of the kind asked for."""
+
+    entries: list[BlacklistEntryView]
+    total: int
+
+
+class BlacklistAdded(msgspec.Struct):
+    """`created` is false when the entry existed: its reason, added_by and added_at were
+    replaced."""
+
+    created: bool
+    entry: BlacklistEntryView
+
+
+class BlacklistDeleted(msgspec.Struct):
+    deleted: BlacklistEntryView
+
+
+class AuditEntry(msgspec.Struct):
+    """One operator write: who (`actor`), what (`action`, `target`), when (`at`), and the
+    object's JSON view before and after (null when it did not / does not exist)."""
+
+    shard_id: int
+    audit_id: int
+    at: str
+    actor: str
+    action: str
+    target: str
+    before: Any
+    after: Any
+
+
+class AuditPage(msgspec.Struct):
+    """The audit rows of one target, oldest first."""
+
+    target: str
+    entries: list[AuditEntry]
+
+
 _TYPES: list[Any] = [
     ApplicationIn, BookLoanIn, RepaymentIn, BatchRepaymentItemIn, ApplicationView, LoanView,
     PayoffView, RepaymentView, CustomerView, BatchResponse, ErrorBody, TrialBalance,
-    Reconciliation,
+    Reconciliation, ReviewPage, ClaimView, ReleaseView, ReviewDecisionIn, ReviewResult,
+    BusinessDate, Application, BlacklistIn, BlacklistPage, BlacklistAdded, BlacklistDeleted,
+    AuditPage,
 ]
+
+# The stable decision reason codes (API.md: `reasons` are stable codes): the `reason` of
+# every rule of the shipped rule sets (config/risk/admission.toml, anti_fraud.toml,
+# decision.toml), then the codes the pipeline itself gives. Risk staff may add codes with
+# new rules; an officer's review decline carries the officer's own codes.
+DECISION_REASONS: dict[str, tuple[str, ...]] = {
+    "admission (准入), decline": (
+        "id_checksum", "age_out_of_range", "income_low", "region_not_served",
+        "purpose_not_allowed", "merchant_required", "new_customer_amount_high",
+        "too_many_open_loans", "police_id_mismatch", "face_match_low"),
+    "admission, manual review": (
+        "face_match_review", "police_id_unavailable", "face_match_unavailable"),
+    "anti-fraud (反欺诈), decline": (
+        "blacklist_id", "blacklist_phone", "blacklist_device", "device_shared",
+        "velocity_device", "velocity_ip", "velocity_id", "velocity_phone", "multi_partner",
+        "fraud_score_high", "baiqishi_risk_flag"),
+    "anti-fraud, manual review": ("multi_partner_review", "fraud_score_review"),
+    "decision (决策), decline": (
+        "bureau_bad", "overdue_accounts", "debt_high", "multi_lending", "lawsuits",
+        "zhima_low", "score_low", "limit_exceeded"),
+    "decision, manual review": (
+        "bureau_unavailable", "overdue_review", "lawsuit_review", "multi_lending_review",
+        "score_grey", "amount_review", "esign_unavailable", "esign_failed"),
+    "pricing, decline": (NO_PRICE_TIER, APR_CAP),
+    "any rule that fails to evaluate, manual review": (RULE_ERROR,),
+}
+
+
+def _reasons_note() -> str:
+    groups = "; ".join(f"{group}: {', '.join(codes)}" for group, codes in
+                       DECISION_REASONS.items())
+    return (
+        "stable snake_case codes, in rule order, without duplicates: the decline reasons of a "
+        "declined application, the review reasons of one in manual_review, none when "
+        "approved. A decline by a risk officer carries the officer's reasons. Codes of the "
+        f"shipped rule sets (config/risk) — {groups}."
+    )
 
 # Descriptions of fields whose meaning the name alone does not give. A field missing from
 # its schema fails the build, so a rename cannot leave a stale note behind.
@@ -95,6 +200,39 @@ _FIELD_NOTES: dict[tuple[str, str], str] = {
     ("LoanView", "remaining_periods"): "installments not yet paid",
     ("LoanView", "outstanding"): "unpaid principal; interest, penalty and fees recognised "
     "(accrued or charged) and unpaid, not the future schedule",
+    ("DecisionView", "reasons"): _reasons_note(),
+    ("ApplicationView", "status"): "approved, declined or manual_review. Decided by the risk "
+    "pipeline (admission, anti-fraud, external data, scorecard, decision rules, pricing); "
+    "an external source that cannot be reached never fails the request: the rules decide "
+    "(manual_review when an essential source such as the credit bureau is missing). "
+    "manual_review lasts until a risk officer's decision is final (a maker's proposal "
+    "awaiting a checker still shows manual_review)",
+    ("Application", "status"): "as the partner sees it, except awaiting_confirmation: a "
+    "maker's review proposal waits for a second officer (partners see manual_review)",
+    ("Application", "reasons"): "as DecisionView.reasons",
+    ("Application", "trace"): "how the risk pipeline decided (never shown to partners): "
+    "rule-set versions and fingerprint, every stage, every rule that fired, the score and "
+    "its breakdown, tier, rate, limit, APR and a summary of the facts without personal data. "
+    "null for an application decided before the pipeline existed. Review decisions are in "
+    "GET /ops/audit?target=application:{application_id}",
+    ("DecisionTrace", "stopped_at"): "the stage that declined (admission, anti_fraud, "
+    "decision, pricing); null when nothing declined",
+    ("DecisionTrace", "versions"): "version of each config/risk file that decided: "
+    "admission, anti_fraud, decision, scorecard, pricing",
+    ("DecisionTrace", "fingerprint"): "SHA-256 of the five config/risk files' bytes",
+    ("DecisionTrace", "fired"): "every rule whose `when` was true, in stage and rule order; a "
+    "rule that failed to evaluate fired as review / rule_error with its `error`",
+    ("StageTrace", "evaluated"): "rules evaluated (scorecard: features); fewer than total "
+    "when a first_decline set stopped at its first decline (stopped_early)",
+    ("FactsSummary", "sources"): "per external source: ok, unavailable (timeout, error, "
+    "open circuit) or missing (not asked)",
+    ("FactsSummary", "screened"): "the gateway ran the external-data connectors",
+    ("ScoreLine", "bin"): "the bin of the value, [min, max), or missing / invalid",
+    ("ScoreLine", "points"): "factor · log_odds of the bin, to the hundredth",
+    ("BlacklistIn", "kind"): "id_number, phone or device",
+    ("BlacklistIn", "value"): "the clear ID number (check character verified) or mainland "
+    "mobile number, stored only as its keyed hash (a 64-hex keyed hash is also accepted); "
+    "or the device id, stored as given",
 }
 
 # Refusals of a repayment (lending/loans.py, lending/shard_state.py), also the `body` of a
@@ -157,7 +295,8 @@ def _operation(
 
 def _ops_operation(
     summary: str, response: str | None = None, query: tuple[tuple[str, str], ...] = (),
-    errors: tuple[int, ...] = (401,),
+    errors: tuple[int, ...] = (401,), path_params: tuple[str, ...] = (),
+    request: str | None = None,
 ) -> dict[str, Any]:
     schema = _ref(response) if response else {"type": "object"}
     op: dict[str, Any] = {
@@ -165,13 +304,24 @@ def _ops_operation(
         "responses": {"200": {"description": "OK", **_json(schema)}}
         | {str(code): {"description": "error", **_json(_ref("ErrorBody"))} for code in errors},
     }
-    if query:
-        op["parameters"] = [
-            {"name": name, "in": "query", "required": False, "description": note,
-             "schema": {"type": "string"}}
-            for name, note in query
-        ]
+    params = [{"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+              for name in path_params]
+    params += [{"name": name, "in": "query", "required": False, "description": note,
+                "schema": {"type": "string"}} for name, note in query]
+    if params:
+        op["parameters"] = params
+    if request is not None:
+        op["requestBody"] = {"required": True, **_json(_ref(request))}
     return op
+
+
+def _review_operation(
+    summary: str, response: str, request: str | None = None,
+    errors: tuple[int, ...] = (401, 403, 404, 409, 503),
+) -> dict[str, Any]:
+    """POST /ops/reviews/{application_id}/... (risk_officer)."""
+    return _ops_operation(summary, response, errors=errors, path_params=("application_id",),
+                          request=request)
 
 
 def _annotate(components: dict[str, Any]) -> None:
@@ -193,7 +343,10 @@ def build_openapi() -> bytes:
         "info": {"title": "lendcore partner and operator API", "version": "1"},
         "paths": {
             "/v1/applications": {"post": _operation(
-                "Submit an application", 201, "ApplicationView", "ApplicationIn")},
+                "Submit an application; it is decided at once (approved, declined or "
+                "manual_review). 503 when the anti-fraud store (Redis) is unavailable; an "
+                "unreachable external data source never fails the request", 201,
+                "ApplicationView", "ApplicationIn")},
             "/v1/applications/{application_id}": {"get": _operation(
                 "Read an application", 200, "ApplicationView", path_param="application_id")},
             "/v1/loans": {"post": _operation(
@@ -219,7 +372,8 @@ def build_openapi() -> bytes:
             }},
             "/v1/customers/{customer_id}": {"get": _operation(
                 "Read a customer (masked)", 200, "CustomerView", path_param="customer_id")},
-            "/ops/business-date": {"get": _ops_operation("Current business date")},
+            "/ops/business-date": {"get": _ops_operation(
+                "Current business date", "BusinessDate")},
             "/ops/ledger/trial-balance": {"get": _ops_operation(
                 "Trial balance, one book or all", "TrialBalance",
                 (("book", "a book (e.g. own); absent: all books summed"),))},
@@ -231,6 +385,58 @@ def build_openapi() -> bytes:
                  ("shard", "one logical shard 0..logical_shards-1; absent: all shards")),
                 errors=(400, 401))},
             "/ops/cluster": {"get": _ops_operation("Nodes, shard map, queues, restarts")},
+            "/ops/applications/{application_id}": {"get": _ops_operation(
+                "An application with its decision trace (which rule-set versions ran, which "
+                "rules fired, score and breakdown, tier, limit): why it was decided so. From "
+                "Postgres, not the shard",
+                "Application", path_params=("application_id",), errors=(401, 404))},
+            "/ops/blacklist": {
+                "get": _ops_operation(
+                    "Blacklist entries (黑名单), newest first, masked",
+                    "BlacklistPage",
+                    (("kind", "id_number, phone or device; absent: all kinds"),
+                     ("limit", "1..1000, default 100")),
+                    errors=(400, 401)),
+                "post": _ops_operation(
+                    "Add an entry, or replace the reason of one that exists (risk_officer; "
+                    "audited as blacklist.add, target blacklist:{kind}:{value_hash}). Takes "
+                    "effect on the next screening",
+                    "BlacklistAdded", request="BlacklistIn", errors=(400, 401, 403, 413)),
+            },
+            "/ops/blacklist/{kind}/{value}": {"delete": _ops_operation(
+                "Remove an entry (risk_officer; audited as blacklist.remove). value: the "
+                "clear ID number or phone (or its 64-hex keyed hash), or the device id "
+                "(percent-encode /); 404 when there is no such entry",
+                "BlacklistDeleted", path_params=("kind", "value"),
+                errors=(400, 401, 403, 404))},
+            "/ops/reviews": {"get": _ops_operation(
+                "Manual review queue (人工审核), oldest first, with claims and proposals",
+                "ReviewPage",
+                (("status", "manual_review or awaiting_confirmation; absent: both"),
+                 ("limit", "page size, 1..[review] page_max (default 50)"),
+                 ("after", "next_after of the previous page (an application_id)")),
+                errors=(400, 401, 503))},
+            "/ops/reviews/{application_id}/claim": {"post": _review_operation(
+                "Claim (or extend one's own claim on) an application in review; 409 "
+                "already_claimed when another officer holds it, 409 invalid_state when not "
+                "in review, 403 maker_checker for the maker of a pending proposal",
+                "ClaimView")},
+            "/ops/reviews/{application_id}/release": {"post": _review_operation(
+                "Release one's own claim (released false when there was none)",
+                "ReleaseView")},
+            "/ops/reviews/{application_id}/decision": {"post": _review_operation(
+                "Decide an application one holds the claim on (409 claim_required): final "
+                "below [review] maker_checker_amount_over, else a maker's proposal that "
+                "another officer confirms or rejects (403 maker_checker for the maker)",
+                "ReviewResult", "ReviewDecisionIn",
+                errors=(400, 401, 403, 404, 409, 413, 422, 503))},
+            "/ops/audit": {"get": _ops_operation(
+                "Audit trail of one object (who, what, when, before/after), oldest first",
+                "AuditPage",
+                query=(("target", "required: application:{application_id} (review claims, "
+                        "releases and decisions) or blacklist:{kind}:{value_hash}"),
+                       ("limit", "1..1000, default 100")),
+                errors=(400, 401))},
             "/healthz": {"get": plain},
             "/readyz": {"get": plain},
             "/metrics": {"get": plain},

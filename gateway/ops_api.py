@@ -8,28 +8,60 @@ from __future__ import annotations
 import hmac
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
-from urllib.parse import parse_qs
+from typing import TYPE_CHECKING, Annotated, Any
 
 import asyncpg
+import msgspec
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from gateway.antifraud import (
+    BLACKLIST_KINDS,
+    Blacklist,
+    BlacklistValueError,
+    blacklist_value_hash,
+)
 from gateway.http import (
     JSON,
+    BodyTooLarge,
     HttpError,
     Receive,
     Scope,
     Send,
+    choice_param,
     header_map,
+    invalid,
     lifespan,
+    query_params,
+    read_body,
     respond,
     respond_error,
 )
 from gateway.partner_api import LATENCY, REQUESTS
+from gateway.pii import PiiVault
 from lending.chart import Chart
-from storage import cluster_store
+from lending.shard_state import shard_of_id
+from storage import audit, cluster_store
+from storage.applications_store import application_detail
+
+if TYPE_CHECKING:
+    from gateway.reviews import ReviewDesk
 
 ROLES = ("viewer", "operator", "risk_officer", "admin")
+APPLICATIONS_PREFIX = "/ops/applications/"
+OPS_BODY_MAX_BYTES = 65536
+BLACKLIST_LIST_MAX = 1000
+BLACKLIST_LIST_DEFAULT = 100
+AUDIT_LIST_MAX = 1000
+AUDIT_LIST_DEFAULT = 100
+
+
+class BlacklistIn(msgspec.Struct, forbid_unknown_fields=True):
+    kind: str
+    value: Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+    reason: Annotated[str, msgspec.Meta(min_length=1, max_length=500)]
+
+
+_BLACKLIST_IN = msgspec.json.Decoder(BlacklistIn)
 
 
 class Operator:
@@ -79,8 +111,14 @@ class OpsApi:
         chart: Chart,
         cluster_view: Callable[[], Awaitable[dict[str, Any]]],
         common: Callable[[Scope, Receive, Send], Awaitable[bool]],
+        vault: PiiVault,
+        blacklist: Blacklist,
+        reviews: ReviewDesk | None = None,
     ) -> None:
         self.operators = operators
+        self.reviews = reviews
+        self.vault = vault
+        self.blacklist = blacklist
         self.pool = pool
         self.chart = chart
         self.cluster_view = cluster_view
@@ -95,7 +133,7 @@ class OpsApi:
         started = time.perf_counter()
         route, status = "unknown", 500
         try:
-            route, body = await self._handle(scope)
+            route, body = await self._handle(scope, receive)
             status = 200
             await respond(send, 200, body)
         except HttpError as error:
@@ -130,12 +168,27 @@ class OpsApi:
                             "shard")
         return [int(requested)]
 
-    async def _handle(self, scope: Scope) -> tuple[str, bytes]:
+    async def _application(self, path: str) -> dict[str, Any]:
+        """An application with its decision trace: which rule-set versions ran, which rules
+        fired, the score and its breakdown (regulators ask why a customer was declined)."""
+        application_id = path[len(APPLICATIONS_PREFIX):]
+        shard = shard_of_id("application", application_id)
+        if shard is None or shard >= await cluster_store.logical_shards(self.pool):
+            raise HttpError(404, "not_found", f"no application {application_id}")
+        detail = await application_detail(self.pool, shard, application_id)
+        if detail is None:
+            raise HttpError(404, "not_found", f"no application {application_id}")
+        return detail
+
+    async def _handle(self, scope: Scope, receive: Receive) -> tuple[str, bytes]:
         method, path = scope["method"], scope["path"]
+        if path == "/ops/blacklist" or path.startswith("/ops/blacklist/"):
+            return await self._blacklist(scope, receive, method, path)
+        if self.reviews is not None and self.reviews.owns(path):
+            return await self.reviews.handle(scope, receive, self._authorise)
         if method != "GET":
             raise HttpError(404, "not_found", f"no route {method} {path}")
-        query = parse_qs(scope.get("query_string", b"").decode("latin-1"),
-                         keep_blank_values=True)
+        query = query_params(scope)
         if path == "/ops/business-date":
             self._authorise(scope, "viewer")
             value = await cluster_store.business_date(self.pool)
@@ -154,4 +207,76 @@ class OpsApi:
         if path == "/ops/cluster":
             self._authorise(scope, "viewer")
             return "cluster", JSON.encode(await self.cluster_view())
+        if path.startswith(APPLICATIONS_PREFIX):
+            self._authorise(scope, "viewer")
+            return "application", JSON.encode(await self._application(path))
+        if path == "/ops/audit":
+            self._authorise(scope, "viewer")
+            target = query.get("target", [""])[0]
+            if not target:
+                raise HttpError(400, "invalid_request", "target is required", "target")
+            limit = _bounded_int(query.get("limit", [None])[0], "limit",
+                                 AUDIT_LIST_DEFAULT, AUDIT_LIST_MAX)
+            return "audit", JSON.encode(
+                {"target": target, "entries": await audit.history(self.pool, target, limit)})
         raise HttpError(404, "not_found", f"no route {method} {path}")
+
+    # ---- blacklists (risk_officer writes, every role reads; each write audited) ----------
+
+    async def _blacklist(
+        self, scope: Scope, receive: Receive, method: str, path: str
+    ) -> tuple[str, bytes]:
+        if path == "/ops/blacklist" and method == "GET":
+            self._authorise(scope, "viewer")
+            query = query_params(scope)
+            kind = choice_param(query, "kind", BLACKLIST_KINDS)
+            limit = _bounded_int(query.get("limit", [None])[0], "limit",
+                                 BLACKLIST_LIST_DEFAULT, BLACKLIST_LIST_MAX)
+            entries, total = await self.blacklist.entries(kind, limit)
+            return "blacklist_list", JSON.encode(
+                {"entries": [e.masked() for e in entries], "total": total})
+        if path == "/ops/blacklist" and method == "POST":
+            operator = self._authorise(scope, "risk_officer")
+            try:
+                raw = await read_body(scope, receive, OPS_BODY_MAX_BYTES)
+            except BodyTooLarge as exc:
+                raise HttpError(413, "payload_too_large",
+                                f"bodies are limited to {OPS_BODY_MAX_BYTES} bytes") from exc
+            try:
+                body = _BLACKLIST_IN.decode(raw)
+            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                raise invalid(exc) from exc
+            if not body.reason.strip():
+                raise HttpError(400, "invalid_request", "reason must not be blank", "reason")
+            value_hash = self._blacklist_value(body.kind, body.value)
+            entry, created = await self.blacklist.add(
+                body.kind, value_hash, body.reason, operator.name)
+            return "blacklist_add", JSON.encode({"created": created, "entry": entry.masked()})
+        if path.startswith("/ops/blacklist/") and method == "DELETE":
+            operator = self._authorise(scope, "risk_officer")
+            kind, _, value = path[len("/ops/blacklist/"):].partition("/")
+            if not value:
+                raise HttpError(400, "invalid_request", "DELETE /ops/blacklist/{kind}/{value}",
+                                "value")
+            value_hash = self._blacklist_value(kind, value)
+            removed = await self.blacklist.remove(kind, value_hash, operator.name)
+            if removed is None:
+                raise HttpError(404, "not_found", f"no {kind} blacklist entry for this value")
+            return "blacklist_remove", JSON.encode({"deleted": removed.masked()})
+        raise HttpError(404, "not_found", f"no route {method} {path}")
+
+    def _blacklist_value(self, kind: str, value: str) -> str:
+        try:
+            return blacklist_value_hash(self.vault, kind, value)
+        except BlacklistValueError as exc:
+            raise HttpError(400, "invalid_request", str(exc), exc.field) from exc
+
+
+def _bounded_int(text: str | None, field: str, default: int, maximum: int) -> int:
+    if text is None:
+        return default
+    # isascii: str.isdigit() also accepts "²" or "٣", which int() rejects or reads.
+    if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= maximum:
+        raise HttpError(400, "invalid_request", f"{field} must be an integer in 1..{maximum}",
+                        field)
+    return int(text)

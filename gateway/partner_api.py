@@ -44,6 +44,7 @@ from gateway.schemas import (
     BookLoanIn,
     RepaymentIn,
 )
+from gateway.screening import Screener
 from gateway.signing import AuthError, verify_request
 from lending.commands import (
     BookLoan,
@@ -67,6 +68,7 @@ from lending.identity import (
 )
 from lending.loans import REPAYMENT_KINDS
 from lending.products import ProductCatalog
+from lending.screening import Screening
 from lending.shard_state import shard_of_id
 
 log = logging.getLogger("lendcore.api")
@@ -120,6 +122,7 @@ class PartnerApi:
         limiter: RateLimiter,
         router: ShardRouter,
         vault: PiiVault,
+        screener: Screener,
         catalog: ProductCatalog,
         body_max_bytes: int,
         clock_skew_max_s: int,
@@ -133,6 +136,7 @@ class PartnerApi:
         self.limiter = limiter
         self.router = router
         self.vault = vault
+        self.screener = screener
         self.catalog = catalog
         self.body_max_bytes = body_max_bytes
         self.clock_skew_max_s = clock_skew_max_s
@@ -258,7 +262,26 @@ class PartnerApi:
             body.product_code, body.amount, body.term, facts, body.device.device_id,
             body.device.ip, body.purpose, body.merchant_id,
         )
-        return await self._write(request, key, shard, command)
+
+        async def screened(unscreened: Command) -> Command:
+            if facts.id_error is not None:
+                return unscreened  # admission declines it (id_checksum): nobody to ask
+            screening = await self._screen(request.partner_id, body, facts)
+            return msgspec.structs.replace(unscreened, screening=screening)
+
+        return await self._write(request, key, shard, command, prepare=screened)
+
+    async def _screen(
+        self, partner_id: str, body: ApplicationIn, facts: CustomerFacts
+    ) -> Screening:
+        applicant = body.applicant
+        return await self.screener.screen(
+            partner_id=partner_id, partner_application_id=body.partner_application_id,
+            id_hash=facts.id_hash, id_number=applicant.id_number.upper(), name=applicant.name,
+            phone=applicant.phone, phone_hash=self.vault.lookup_hash(applicant.phone),
+            birth_date=facts.birth_date, amount=body.amount, device_id=body.device.device_id,
+            ip=body.device.ip,
+        )
 
     async def _book_loan(self, request: _Request, _: str) -> Response:
         key = _idempotency_key(request)
@@ -326,14 +349,22 @@ class PartnerApi:
         return 200, body, []
 
     async def _write(
-        self, request: _Request, key: str, shard: int, command: Command
+        self, request: _Request, key: str, shard: int, command: Command,
+        prepare: Callable[[Command], Awaitable[Command]] | None = None,
     ) -> Response:
+        """Admit the key, complete the command with `prepare` (screening: only for admitted
+        requests, so a replay is never screened or counted twice), dispatch, record."""
         request_hash = _request_hash(request)
         admitted = await self._admit(request, key, request_hash)
         if admitted is not None:
             return admitted
         try:
+            if prepare is not None:
+                command = await prepare(command)
             reply = await self._dispatch(shard, command)
+        except RedisError as exc:
+            await self._abandon(request, key, request_hash)
+            raise _redis_down(exc) from exc
         except HttpError:
             await self._abandon(request, key, request_hash)
             raise

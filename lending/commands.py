@@ -10,6 +10,8 @@ from datetime import date
 
 import msgspec
 
+from lending.screening import Screening
+
 
 class CustomerFacts(msgspec.Struct, frozen=True):
     """What the shard may know about an applicant: keyed hash, ciphertexts, masks, facts."""
@@ -41,6 +43,9 @@ class SubmitApplication(msgspec.Struct, frozen=True, tag="submit_application"):
     ip: str
     purpose: str
     merchant_id: str | None
+    # What the gateway learned before the shard decides (velocity, blacklists, external
+    # data); empty when it did not screen. See lending/screening.py.
+    screening: Screening = Screening()
 
 
 class BookLoan(msgspec.Struct, frozen=True, tag="book_loan"):
@@ -80,8 +85,30 @@ class GetCustomer(msgspec.Struct, frozen=True, tag="get_customer"):
     customer_id: str
 
 
-Command = SubmitApplication | BookLoan | Repay | GetLoan | GetPayoff | GetApplication | GetCustomer
-WRITE_COMMANDS = (SubmitApplication, BookLoan, Repay)
+class ReviewDecision(msgspec.Struct, frozen=True, tag="review_decision"):
+    """A risk officer's decision on an application in manual review (人工审核), sent by the
+    operator gateway once it checked the officer's role and claim. No idempotency key: a
+    retry of a decision already applied finds the application moved on (409 invalid_state).
+    `stage` is what the officer saw: "maker" (first decision, application in manual_review)
+    or "checker" (confirms or rejects a maker's proposal, awaiting_confirmation); the shard
+    refuses a stage that no longer matches. `maker_checker_over`: amounts above it need a
+    checker after the maker (config [review] maker_checker_amount_over)."""
+
+    application_id: str
+    officer: str
+    decision: str  # "approve" | "decline"
+    reasons: list[str]
+    note: str
+    stage: str
+    maker_checker_over: int
+
+
+Command = (
+    SubmitApplication | BookLoan | Repay | GetLoan | GetPayoff | GetApplication | GetCustomer
+    | ReviewDecision
+)
+WRITE_COMMANDS = (SubmitApplication, BookLoan, Repay)  # partner writes: idempotency-keyed
+OPS_WRITE_COMMANDS = (ReviewDecision,)  # operator writes: no idempotency key
 
 
 class Envelope(msgspec.Struct, frozen=True, array_like=True):
@@ -119,5 +146,5 @@ def error_reply(status: int, code: str, message: str, field: str | None = None) 
 
 
 def is_write(command: Command) -> bool:
-    return isinstance(command, WRITE_COMMANDS)
+    return isinstance(command, (*WRITE_COMMANDS, *OPS_WRITE_COMMANDS))
 

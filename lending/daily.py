@@ -44,6 +44,7 @@ from lending.loans import (
     copy_loan,
     days_past_due,
     recognise,
+    unpaid_principal_by_class,
 )
 from lending.money import BPS_PER_UNIT, DAYS_PER_YEAR
 
@@ -258,13 +259,7 @@ def _write_off(loan: Loan, on: date) -> ledger.Posting | None:
     """核销: the unpaid principal leaves the balance sheet as a credit loss and is tracked
     in the written-off memo accounts; recoveries stay possible (see loans._Collected)."""
     builder = PostingBuilder(ledger.WRITE_OFF)
-    normal = overdue = 0
-    for inst in loan.installments:
-        unpaid = inst.principal - inst.paid_principal
-        if inst.status == INST_OVERDUE:
-            overdue += unpaid
-        else:
-            normal += unpaid
+    normal, overdue = unpaid_principal_by_class(loan)
     builder.debit(ledger.CREDIT_LOSS, normal + overdue)
     builder.credit(ledger.PRINCIPAL_NORMAL, normal)
     builder.credit(ledger.PRINCIPAL_OVERDUE, overdue)

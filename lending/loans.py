@@ -319,6 +319,18 @@ def derecognise(builder: PostingBuilder, loan: Loan, component: str, amount: int
         builder.move(_INCOME[component], _RECEIVABLE[component], amount)
 
 
+def unpaid_principal_by_class(loan: Loan) -> tuple[int, int]:
+    """(normal, overdue) unpaid principal: the split of accounts 1101 / 1102."""
+    normal = overdue = 0
+    for inst in loan.installments:
+        unpaid = inst.principal - inst.paid_principal
+        if inst.status == INST_OVERDUE:
+            overdue += unpaid
+        else:
+            normal += unpaid
+    return normal, overdue
+
+
 def days_past_due(loan: Loan, as_of: date) -> int:
     """DPD: as_of − due date of the oldest unpaid installment due before as_of (0 if none).
 

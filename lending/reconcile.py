@@ -12,7 +12,7 @@ from __future__ import annotations
 import msgspec
 
 from lending import ledger
-from lending.loans import INST_OVERDUE, Loan
+from lending.loans import Loan, unpaid_principal_by_class
 
 RECONCILED_ROLES = (
     ledger.CASH,
@@ -37,13 +37,9 @@ class Difference(msgspec.Struct, frozen=True):
 
 def expected_balances(loan: Loan) -> dict[str, int]:
     """role → net debit (debit − credit) the loan's journal must show."""
-    normal = overdue = interest = penalty = fee = collected = 0
+    normal, overdue = unpaid_principal_by_class(loan)
+    interest = penalty = fee = collected = 0
     for inst in loan.installments:
-        unpaid = inst.principal - inst.paid_principal
-        if inst.status == INST_OVERDUE:
-            overdue += unpaid
-        else:
-            normal += unpaid
         interest += inst.interest_recognized - inst.paid_interest
         penalty += inst.penalty - inst.paid_penalty
         fee += inst.fee_recognized - inst.paid_fee

@@ -9,11 +9,13 @@ state exactly as it was (TigerBeetle's prefetch / commit split).
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import date, timedelta
+from typing import Any
 
 import msgspec
 
 from lending import ledger, views
+from lending.apr import apr_bps, schedule_payments
 from lending.commands import (
     BookLoan,
     Command,
@@ -23,11 +25,12 @@ from lending.commands import (
     GetPayoff,
     Repay,
     Reply,
+    ReviewDecision,
     SubmitApplication,
     error_reply,
 )
 from lending.daily import ServicingPolicy
-from lending.decision import APPROVED, Applicant, RiskPolicy, decide
+from lending.decision import APPROVED, DECLINED, MANUAL_REVIEW, RiskPolicy
 from lending.loans import (
     LOAN_PAID_OFF,
     Loan,
@@ -37,7 +40,9 @@ from lending.loans import (
     new_loan,
     payoff_quote,
 )
+from lending.origination import ApplicationInput, CustomerSnapshot, DecisionTrace, decide
 from lending.products import ProductCatalog
+from lending.riskbook import RiskBook
 from lending.schedules import build_schedule
 
 ID_PREFIXES = {
@@ -99,6 +104,7 @@ class Application(msgspec.Struct):
     device_id: str
     ip: str
     loan_id: str | None = None
+    trace: DecisionTrace | None = None  # how the risk pipeline decided (never shown to partners)
 
 
 class RepaymentRecord(msgspec.Struct, frozen=True):
@@ -123,6 +129,38 @@ class IdempotencyRecord(msgspec.Struct, frozen=True):
     body: bytes
 
 
+class ReviewStep(msgspec.Struct, frozen=True):
+    """One risk officer's decision on an application in manual review (人工审核)."""
+
+    stage: str  # "maker" (first decision) or "checker" (on a maker's proposal)
+    officer: str
+    decision: str  # "approve" | "decline"
+    reasons: list[str]
+    note: str
+    decided_on: date  # business date
+    # approved | declined (final), proposed (awaits a checker), rejected (a checker sent the
+    # proposal back to the queue)
+    outcome: str
+
+
+class Review(msgspec.Struct):
+    """The review history of one application (table application_reviews)."""
+
+    application_id: str
+    proposal: ReviewStep | None = None  # the maker's decision while awaiting_confirmation
+    steps: list[ReviewStep] = msgspec.field(default_factory=list)  # oldest first
+
+
+class AuditRecord(msgspec.Struct, frozen=True):
+    """A row of audit_log written in the same commit as the change it describes."""
+
+    actor: str
+    action: str
+    target: str
+    before: dict[str, Any] | None
+    after: dict[str, Any] | None
+
+
 class Diff(msgspec.Struct):
     """Rows one batch writes. Everything in it commits together or not at all."""
 
@@ -135,11 +173,14 @@ class Diff(msgspec.Struct):
     # (partner_id, kind, ref, object_id) of references unique across all shards
     partner_refs: list[tuple[str, str, str, str]] = msgspec.field(default_factory=list)
     next_seq: int = 0
+    reviews: dict[str, Review] = msgspec.field(default_factory=dict)
+    audit: list[AuditRecord] = msgspec.field(default_factory=list)
 
     def is_empty(self) -> bool:
         return not (
             self.customers or self.applications or self.loans or self.repayments
-            or self.entries or self.idempotency or self.partner_refs
+            or self.entries or self.idempotency or self.partner_refs or self.reviews
+            or self.audit
         )
 
 
@@ -169,6 +210,7 @@ class ApplyContext(msgspec.Struct, frozen=True):
     catalog: ProductCatalog
     policy: RiskPolicy
     servicing: ServicingPolicy = ServicingPolicy()
+    risk: RiskBook | None = None  # config/risk; the shard host loads and hot-reloads it
 
 
 class ShardState:
@@ -182,6 +224,7 @@ class ShardState:
         self.applications: dict[str, Application] = {}
         self.application_by_ref: dict[tuple[str, str], str] = {}
         self.loans: dict[str, Loan] = {}
+        self.reviews: dict[str, Review] = {}
 
     def commit(self, diff: Diff) -> None:
         for customer in diff.customers.values():
@@ -193,6 +236,7 @@ class ShardState:
                 app.application_id
             )
         self.loans.update(diff.loans)
+        self.reviews.update(diff.reviews)
         self.next_seq = max(self.next_seq, diff.next_seq)
 
 
@@ -248,6 +292,9 @@ class _Batch:
     def loan(self, loan_id: str) -> Loan | None:
         return self.diff.loans.get(loan_id) or self.state.loans.get(loan_id)
 
+    def review(self, application_id: str) -> Review | None:
+        return self.diff.reviews.get(application_id) or self.state.reviews.get(application_id)
+
     def post(self, loan: Loan, cause: str, posting: ledger.Posting) -> None:
         """A journal entry of this batch, in the loan's book, dated the business date."""
         entry = ledger.make_entry(
@@ -283,6 +330,8 @@ def _apply_one(batch: _Batch, command: Command) -> Reply:
         return Reply(200, views.encode(views.loan_view(loan)))
     if isinstance(command, GetPayoff):
         return _get_payoff(batch, command)
+    if isinstance(command, ReviewDecision):
+        return _review_decision(batch, command)
     if isinstance(command, GetApplication):
         app = batch.application(command.application_id)
         if app is None or app.partner_id != command.partner_id:
@@ -331,14 +380,25 @@ def _submit_application(batch: _Batch, cmd: SubmitApplication) -> Reply:
             "partner_application_id",
         )
     ctx = batch.ctx
+    if ctx.risk is None:
+        raise RuntimeError("no risk book loaded (ApplyContext.risk): cannot decide")
     product = ctx.catalog.get(cmd.product_code)
+    is_new = batch.customer_by_hash(cmd.customer.id_hash) is None
     customer = _find_or_create_customer(batch, cmd)
-    facts = cmd.customer
-    applicant = Applicant(facts.id_error, facts.birth_date, facts.id_sequence, facts.monthly_income)
-    decision = decide(
-        product, cmd.amount, cmd.term, applicant,
-        batch.outstanding_principal(customer), ctx.business_date, ctx.policy,
+    loans = [loan for loan_id in customer.loan_ids if (loan := batch.loan(loan_id)) is not None]
+    snapshot = CustomerSnapshot(
+        is_new=is_new,
+        outstanding_principal=batch.outstanding_principal(customer),
+        credit_limit=customer.credit_limit,
+        open_loans=sum(1 for loan in loans if loan.outstanding_principal() > 0),
     )
+    outcome = decide(
+        ctx.risk, product,
+        ApplicationInput(cmd.amount, cmd.term, cmd.purpose, cmd.merchant_id is not None),
+        cmd.customer, snapshot, cmd.screening, ctx.business_date,
+        ctx.policy.apr_cap_bps, ctx.policy.offer_valid_days,
+    )
+    decision = outcome.decision
     if decision.status == APPROVED and decision.credit_limit is not None:
         customer = msgspec.structs.replace(customer, credit_limit=decision.credit_limit)
     batch.put_customer(customer)
@@ -363,6 +423,7 @@ def _submit_application(batch: _Batch, cmd: SubmitApplication) -> Reply:
         purpose=cmd.purpose,
         device_id=cmd.device_id,
         ip=cmd.ip,
+        trace=outcome.trace,
     )
     batch.put_application(app)
     batch.take_ref(ref, app.application_id)
@@ -400,7 +461,9 @@ def _book_loan(batch: _Batch, cmd: BookLoan) -> Reply:
     if app.loan_id is not None:
         return error_reply(409, "already_booked", f"application already booked as {app.loan_id}")
     if app.status != APPROVED:
-        return error_reply(409, "invalid_state", f"application is {app.status}, not approved")
+        return error_reply(
+            409, "invalid_state", f"application is {_partner_status(app.status)}, not approved"
+        )
     ctx = batch.ctx
     assert app.expires_on is not None and app.approved_amount is not None
     if ctx.business_date > app.expires_on:
@@ -523,19 +586,22 @@ def _get_payoff(batch: _Batch, cmd: GetPayoff) -> Reply:
 
 
 def _application_view(app: Application) -> views.ApplicationView:
+    # Offer terms are the partner's only once approved: an application in review may hold
+    # the offer a risk officer would confirm, but it is not an offer yet.
+    offer = app.status == APPROVED
     decision = views.DecisionView(
         reasons=app.reasons,
-        approved_amount=app.approved_amount,
-        annual_rate_bps=app.annual_rate_bps,
-        apr_bps=app.apr_bps,
-        term=app.term if app.approved_amount is not None else None,
-        credit_limit=app.credit_limit,
-        expires_on=app.expires_on,
+        approved_amount=app.approved_amount if offer else None,
+        annual_rate_bps=app.annual_rate_bps if offer else None,
+        apr_bps=app.apr_bps if offer else None,
+        term=app.term if offer and app.approved_amount is not None else None,
+        credit_limit=app.credit_limit if offer else None,
+        expires_on=app.expires_on if offer else None,
     )
     return views.ApplicationView(
         application_id=app.application_id,
         customer_id=app.customer_id,
-        status=app.status,
+        status=_partner_status(app.status),
         decision=decision,
         created_on=app.created_on,
         partner_application_id=app.partner_application_id,
@@ -556,3 +622,178 @@ def _customer_view(batch: _Batch, customer: Customer) -> views.CustomerView:
         available_limit=max(0, customer.credit_limit - batch.outstanding_principal(customer)),
         loan_ids=list(customer.loan_ids),
     )
+
+
+# ---- manual review (人工审核) ----------------------------------------------------------------
+# An application the decision sent to manual_review waits for a risk officer. Below the
+# maker-checker amount, one decision is final. Above it, the first decision (the maker's) is
+# a proposal: the application becomes awaiting_confirmation, and a DIFFERENT officer (the
+# checker) either confirms it (the proposal becomes final, as proposed) or rejects it (the
+# application returns to the queue as plain manual_review, proposal dropped). Every decision
+# writes its audit row in the same commit. Partners see awaiting_confirmation as
+# manual_review (API.md statuses are fixed).
+
+AWAITING_CONFIRMATION = "awaiting_confirmation"
+REVIEW_STATUSES = (MANUAL_REVIEW, AWAITING_CONFIRMATION)
+STAGE_MAKER = "maker"
+STAGE_CHECKER = "checker"
+REVIEW_APPROVE = "approve"
+REVIEW_DECLINE = "decline"
+OUTCOME_PROPOSED = "proposed"
+OUTCOME_REJECTED = "rejected"
+AUDIT_MAKER_DECISION = "review.maker_decision"
+AUDIT_CHECKER_DECISION = "review.checker_decision"
+
+
+class ReviewResult(msgspec.Struct, frozen=True):
+    """Answer to a review decision (operator API)."""
+
+    application_id: str
+    status: str  # the application's status now, unmasked (awaiting_confirmation shows)
+    final: bool  # approved or declined for good
+    step: ReviewStep  # the decision just taken
+    proposal: ReviewStep | None  # the proposal awaiting a checker, if any
+    decision: views.DecisionView  # reasons and offer as the partner now sees them
+
+
+def audit_target(application_id: str) -> str:
+    """audit_log.target of an application (migration 0004's naming: "kind:id")."""
+    return f"application:{application_id}"
+
+
+def _partner_status(status: str) -> str:
+    return MANUAL_REVIEW if status == AWAITING_CONFIRMATION else status
+
+
+def _review_decision(batch: _Batch, cmd: ReviewDecision) -> Reply:
+    if cmd.decision not in (REVIEW_APPROVE, REVIEW_DECLINE):
+        return error_reply(400, "invalid_request", "decision must be approve or decline",
+                           "decision")
+    app = batch.application(cmd.application_id)
+    if app is None:
+        return _not_found("application", cmd.application_id)
+    if app.status not in REVIEW_STATUSES:
+        return error_reply(409, "invalid_state", f"application is {app.status}, not in review")
+    stage = STAGE_CHECKER if app.status == AWAITING_CONFIRMATION else STAGE_MAKER
+    if cmd.stage != stage:
+        return error_reply(
+            409, "invalid_state",
+            f"application is {app.status}: it needs a {stage} decision, not a {cmd.stage} one",
+        )
+    review = batch.review(app.application_id) or Review(app.application_id)
+    proposal = review.proposal
+    customer = batch.customer(app.customer_id)
+    assert customer is not None, "an application's customer lives in the same shard"
+    updated_customer = customer
+    if stage == STAGE_CHECKER:
+        assert proposal is not None, "an application awaiting confirmation has a proposal"
+        if proposal.officer == cmd.officer:
+            return error_reply(
+                403, "maker_checker",
+                f"{cmd.officer} proposed this decision: another officer must confirm it",
+            )
+    if stage == STAGE_CHECKER and proposal is not None and cmd.decision != proposal.decision:
+        outcome, updated = OUTCOME_REJECTED, _with_status(app, MANUAL_REVIEW)
+    elif stage == STAGE_MAKER and app.amount > cmd.maker_checker_over:
+        outcome, updated = OUTCOME_PROPOSED, _with_status(app, AWAITING_CONFIRMATION)
+    else:
+        # Final: a confirmed proposal is final as proposed; otherwise this officer's decision.
+        chosen = proposal if stage == STAGE_CHECKER else None
+        decision = chosen.decision if chosen else cmd.decision
+        reasons = chosen.reasons if chosen else cmd.reasons
+        if decision == REVIEW_APPROVE:
+            offer = _review_offer(batch, app, customer)
+            if isinstance(offer, Reply):
+                return offer
+            updated, updated_customer = offer
+        else:
+            updated = msgspec.structs.replace(
+                app, status=DECLINED, reasons=list(reasons), approved_amount=None,
+                annual_rate_bps=None, apr_bps=None, credit_limit=None, expires_on=None,
+            )
+        outcome = updated.status
+    step = ReviewStep(
+        stage=stage, officer=cmd.officer, decision=cmd.decision, reasons=list(cmd.reasons),
+        note=cmd.note, decided_on=batch.ctx.business_date, outcome=outcome,
+    )
+    new_proposal = step if outcome == OUTCOME_PROPOSED else None
+    new_review = Review(app.application_id, new_proposal, [*review.steps, step])
+    batch.diff.reviews[app.application_id] = new_review
+    batch.put_application(updated)
+    if updated_customer is not customer:
+        batch.put_customer(updated_customer)
+    after = _review_snapshot(updated, updated_customer, new_proposal)
+    after["step"] = msgspec.to_builtins(step)
+    batch.diff.audit.append(AuditRecord(
+        actor=cmd.officer,
+        action=AUDIT_CHECKER_DECISION if stage == STAGE_CHECKER else AUDIT_MAKER_DECISION,
+        target=audit_target(app.application_id),
+        before=_review_snapshot(app, customer, proposal),
+        after=after,
+    ))
+    result = ReviewResult(
+        application_id=app.application_id,
+        status=updated.status,
+        final=updated.status not in REVIEW_STATUSES,
+        step=step,
+        proposal=new_proposal,
+        decision=_application_view(updated).decision,
+    )
+    return Reply(200, views.encode(result))
+
+
+def _with_status(app: Application, status: str) -> Application:
+    return msgspec.structs.replace(app, status=status)
+
+
+def _review_offer(
+    batch: _Batch, app: Application, customer: Customer
+) -> Reply | tuple[Application, Customer]:
+    """The offer of an approval by review: the terms the risk pipeline proposed for the
+    case when it filled them (amount, rate, APR, limit), else the product's default rate,
+    its APR, and a limit that at least covers the amount (the shard does not keep the
+    applicant's income that the decision's limit formula needs). Expires like any offer."""
+    ctx = batch.ctx
+    product = ctx.catalog.get(app.product_code, app.product_version)
+    amount = app.approved_amount if app.approved_amount is not None else app.amount
+    rate = app.annual_rate_bps if app.annual_rate_bps is not None else product.default_rate_bps
+    apr = app.apr_bps
+    if apr is None or app.annual_rate_bps is None:
+        schedule = build_schedule(
+            product.repayment_method, amount, rate, app.term, ctx.business_date,
+            product.monthly_fee_bps,
+        )
+        apr = apr_bps(amount, schedule_payments(schedule, app.term))
+    outstanding = batch.outstanding_principal(customer)
+    limit = app.credit_limit
+    if limit is None:
+        limit = max(customer.credit_limit, outstanding + amount)
+    if amount > limit - outstanding:
+        return error_reply(
+            422, "limit_exceeded",
+            f"amount {amount} exceeds the available limit {limit - outstanding}",
+        )
+    approved = msgspec.structs.replace(
+        app, status=APPROVED, reasons=[], approved_amount=amount, annual_rate_bps=rate,
+        apr_bps=apr, credit_limit=limit,
+        expires_on=ctx.business_date + timedelta(days=ctx.policy.offer_valid_days),
+    )
+    return approved, msgspec.structs.replace(customer, credit_limit=limit)
+
+
+def _review_snapshot(
+    app: Application, customer: Customer, proposal: ReviewStep | None
+) -> dict[str, Any]:
+    """What an audit row shows before and after a review decision (JSON-ready)."""
+    snapshot: dict[str, Any] = msgspec.to_builtins({
+        "status": app.status,
+        "reasons": app.reasons,
+        "approved_amount": app.approved_amount,
+        "annual_rate_bps": app.annual_rate_bps,
+        "apr_bps": app.apr_bps,
+        "credit_limit": app.credit_limit,
+        "expires_on": app.expires_on,
+        "customer_credit_limit": customer.credit_limit,
+        "proposal": proposal,
+    })
+    return snapshot

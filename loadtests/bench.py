@@ -8,7 +8,11 @@
    `p99_ms`, `repay_ratio` = repay_rps / baseline_rps;
 5. the same paced open-loop at 2,000/s: `p99_at_2000_ms`;
 6. batch repayments, 1,000 items per request: `batch_rps` (items committed per second);
-7. the trial balance must balance; SIGTERM must stop the system with exit code 0.
+7. applications through the whole origination pipeline, each from a distinct sandbox
+   applicant (own ID, phone, device and IP), closed loop over 64 connections: `app_rps`,
+   `app_p99_ms`, and `app_not_approved` (must be 0: every one of them qualifies), with
+   `app_cpu_ms_<role>` per application;
+8. the trial balance must balance; SIGTERM must stop the system with exit code 0.
 During step 4 the CPU time of every process on the machine is sampled: `cpu_ms_<role>` is
 CPU milliseconds per single-request repayment spent by the gateway, the shard hosts,
 Postgres, Redis, the load generator and everything else; `batch_cpu_ms_<role>` the same per
@@ -110,6 +114,50 @@ def measure_baseline(duration_s: float) -> LoadResult:
         server.wait(10)
 
 
+def application_body(i: int, run_id: str) -> bytes:
+    """The i-th distinct sandbox applicant of a run: its own ID number, phone, device and IP,
+    so anti-fraud velocity (a device or IP seen in 24 h is not approved) never trips.
+    Applicant i of a run is unique for i < 800 × 7,000 days and 2^24 IPs; born 1975–1994,
+    so aged 31–51 (the sandbox approves 22–55)."""
+    birth = date(1975, 1, 1) + timedelta(days=i // 800 % 7000)
+    return msgspec.json.encode({
+        "partner_application_id": f"bench-{run_id}-{i}",
+        "product_code": "CASH_EI_12", "amount": 1_000_000, "term": 12,
+        "applicant": {"name": "张三", "id_number": make_id_number("110105", birth, 100 + i % 800),
+                      "phone": f"139{i % 10**8:08d}", "monthly_income": 1_200_000,
+                      "region_code": "330100"},
+        "device": {"device_id": f"bench-{run_id}-{i}",
+                   "ip": f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}"},
+        "purpose": "consumption",
+    })
+
+
+def application_factory(hostport: str, run_id: str, first: int):
+    """Applications of distinct applicants, numbered after the seeded ones."""
+    counter = itertools.count(first)
+
+    def next_request() -> bytes:
+        n = next(counter)
+        return _signed("POST", "/v1/applications", application_body(n, run_id), hostport,
+                       f"{run_id}-a{n}")
+
+    return next_request
+
+
+class ApplicationCounter:
+    """Counts decisions by status, so the phase proves the pipeline approved what it should."""
+
+    def __init__(self) -> None:
+        self.by_status: dict[str, int] = {}
+        self.decoder = msgspec.json.Decoder()
+
+    def __call__(self, status: int, body: bytes) -> None:
+        if status != 201:
+            return
+        decision = self.decoder.decode(body)["status"]
+        self.by_status[decision] = self.by_status.get(decision, 0) + 1
+
+
 async def seed_loans(host: str, port: int, count: int) -> list[str]:
     """Applications and bookings through the partner API, SEED_CONNECTIONS at a time."""
     counter = itertools.count()
@@ -120,16 +168,7 @@ async def seed_loans(host: str, port: int, count: int) -> list[str]:
         conn = await Connection.open(host, port)
         try:
             while (i := next(counter)) < count:
-                birth = date(1975, 1, 1) + timedelta(days=i // 800)
-                body = msgspec.json.encode({
-                    "partner_application_id": f"bench-{uuid.uuid4().hex}",
-                    "product_code": "CASH_EI_12", "amount": 1_000_000, "term": 12,
-                    "applicant": {"name": "张三", "id_number": make_id_number(
-                        "110105", birth, 100 + i % 800), "phone": "13800138000",
-                        "monthly_income": 1_200_000, "region_code": "330100"},
-                    "device": {"device_id": f"bench-{i}", "ip": "10.0.0.1"},
-                    "purpose": "consumption",
-                })
+                body = application_body(i, "seed")
                 status, reply = await conn.request(
                     _signed("POST", "/v1/applications", body, hostport, uuid.uuid4().hex))
                 application = json.loads(reply)
@@ -256,7 +295,18 @@ async def load_phases(
         duration_s=duration_s, on_response=counter,
     )
     batch_cpu = cpu_ms_per_request(cpu_before, cpu_snapshot(), counter.items_ok)
+    decisions = ApplicationCounter()
+    cpu_before = cpu_snapshot()
+    apps = await run_load(
+        host, api_port, application_factory(hostport, run_id, loans_wanted),
+        connections=CONNECTIONS, duration_s=duration_s, on_response=decisions,
+    )
+    app_cpu = cpu_ms_per_request(cpu_before, cpu_snapshot(), apps.requests)
+    not_approved = apps.requests - apps.errors - decisions.by_status.get("approved", 0)
     return {
+        "app_rps": apps.rps,
+        "app_p99_ms": apps.percentile_ms(0.99),
+        "app_not_approved": not_approved,
         "loans": len(loans),
         "seed_s": seed_s,
         "repay_rps": single.rps,
@@ -265,9 +315,11 @@ async def load_phases(
         "paced_rps": paced.rps,
         "p99_at_2000_ms": paced.percentile_ms(0.99),
         "batch_rps": counter.items_ok / batch.elapsed_s,
-        "errors": single.errors + paced.errors + batch.errors + counter.items_failed,
+        "errors": single.errors + paced.errors + batch.errors + counter.items_failed
+        + apps.errors,
         **{f"cpu_ms_{role}": cpu.get(role, 0.0) for role in CPU_ROLES},
         **{f"batch_cpu_ms_{role}": batch_cpu.get(role, 0.0) for role in CPU_ROLES},
+        **{f"app_cpu_ms_{role}": app_cpu.get(role, 0.0) for role in CPU_ROLES},
     }
 
 
@@ -397,12 +449,15 @@ def run_bench(
         "up_ready_s": ready_s,
     })
     order = ["repay_rps", "repay_ratio", "batch_rps", "p50_ms", "p99_ms", "p99_at_2000_ms",
-             "paced_rps", "baseline_rps", "up_ready_s", "loans", "seed_s", "errors",
+             "paced_rps", "app_rps", "app_p99_ms", "app_not_approved", "baseline_rps",
+             "up_ready_s", "loans", "seed_s", "errors",
              *(f"cpu_ms_{role}" for role in CPU_ROLES),
-             *(f"batch_cpu_ms_{role}" for role in CPU_ROLES)]
+             *(f"batch_cpu_ms_{role}" for role in CPU_ROLES),
+             *(f"app_cpu_ms_{role}" for role in CPU_ROLES)]
     parts = [f"{k}={figures[k]:.3f}" if k == "repay_ratio" or "cpu_ms" in k
              else f"{k}={figures[k]:.1f}" if isinstance(figures[k], float)
              else f"{k}={figures[k]}" for k in order]
     parts += [f"balanced={str(balanced).lower()}", f"up_exit={exit_code}"]
     print(" ".join(parts), flush=True)
-    return 0 if balanced and exit_code == 0 and figures["errors"] == 0 else 1
+    healthy = figures["errors"] == 0 and figures["app_not_approved"] == 0
+    return 0 if balanced and exit_code == 0 and healthy else 1

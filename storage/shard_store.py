@@ -31,6 +31,7 @@ from lending.shard_state import (
     Diff,
     IdempotencyRecord,
     Prefetched,
+    Review,
     ShardState,
 )
 
@@ -43,6 +44,7 @@ _ENCODER = msgspec.msgpack.Encoder()
 _CUSTOMER = msgspec.msgpack.Decoder(Customer)
 _APPLICATION = msgspec.msgpack.Decoder(Application)
 _LOAN = msgspec.msgpack.Decoder(Loan)
+_REVIEW = msgspec.json.Decoder(Review)  # application_reviews.state is jsonb: ops read it
 
 LOAD_PAGE_ROWS = 20000  # rows fetched per round trip while rebuilding a shard
 
@@ -130,6 +132,20 @@ x AS (
   SELECT $1, r->>0, r->>1, r->>2, r->>3
   FROM jsonb_array_elements($11::jsonb) AS r
   WHERE EXISTS (SELECT FROM fence)
+),
+v AS (
+  INSERT INTO application_reviews (shard_id, application_id, state)
+  SELECT $1, r->>0, r->1
+  FROM jsonb_array_elements($12::jsonb) AS r
+  WHERE EXISTS (SELECT FROM fence)
+  ON CONFLICT (shard_id, application_id) DO UPDATE SET state = EXCLUDED.state
+),
+u AS (
+  -- operator decisions are audited in the commit of the change they make
+  INSERT INTO audit_log (shard_id, actor, action, target, before, after)
+  SELECT $1, r->>0, r->>1, r->>2, NULLIF(r->3, 'null'::jsonb), NULLIF(r->4, 'null'::jsonb)
+  FROM jsonb_array_elements($13::jsonb) AS r
+  WHERE EXISTS (SELECT FROM fence)
 )
 SELECT count(*) FROM fence
 """
@@ -173,10 +189,12 @@ def _commit_args(shard_id: int, epoch: int, diff: Diff, codes: dict[str, str]) -
         (k.partner_id, k.idem_key, k.request_hash, k.status, k.body)
         for k in diff.idempotency.values()
     ]
+    reviews = [(v.application_id, v) for v in diff.reviews.values()]
+    audit = [(u.actor, u.action, u.target, u.before, u.after) for u in diff.audit]
     return [
         shard_id, diff.next_seq, epoch, _rows(customers), _rows(applications), _rows(loans),
         _rows(repayments), _rows(lines), _rows(balances), _rows(idempotency),
-        _rows(diff.partner_refs),
+        _rows(diff.partner_refs), _rows(reviews), _rows(audit),
     ]
 
 
@@ -223,6 +241,12 @@ class ShardStore:
             ):
                 loan = _LOAN.decode(row[0])
                 state.loans[loan.loan_id] = loan
+            async for row in conn.cursor(
+                "SELECT state FROM application_reviews WHERE shard_id = $1", shard_id,
+                prefetch=LOAD_PAGE_ROWS,
+            ):
+                review = _REVIEW.decode(row[0])
+                state.reviews[review.application_id] = review
         return state
 
     async def prefetch(

@@ -10,6 +10,7 @@ import threading
 import uuid
 from collections.abc import Coroutine, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
@@ -60,7 +61,9 @@ def drop_database(name: str) -> None:
     asyncio.run(drop())
 
 
-def system_settings(pg_dsn: str, prefix: str, **extra_env: str) -> Settings:
+def system_settings(
+    pg_dsn: str, prefix: str, config_file: Path | None = None, **extra_env: str
+) -> Settings:
     environ = {
         "LENDCORE_PG_DSN": pg_dsn,
         "LENDCORE_REDIS_URL": REDIS_URL,
@@ -70,7 +73,7 @@ def system_settings(pg_dsn: str, prefix: str, **extra_env: str) -> Settings:
         "LENDCORE_BUSINESS_DATE": BUSINESS_DATE,
         **extra_env,
     }
-    return load_settings(environ=environ)
+    return load_settings(config_file, environ=environ)
 
 
 class RunningSystem:
@@ -113,12 +116,14 @@ def ray_cluster() -> Iterator[None]:
 
 
 @contextmanager
-def fresh_system(**extra_env: str) -> Iterator[RunningSystem]:
-    """A running system on its own new database and Redis prefix, removed afterwards."""
+def fresh_system(config_file: Path | None = None, **extra_env: str) -> Iterator[RunningSystem]:
+    """A running system on its own new database and Redis prefix, removed afterwards;
+    `config_file` is layered over config/default.toml like `lendcore up --config`."""
     name, dsn = create_database()
     prefix = f"lendcore-test-{uuid.uuid4().hex}:"
     try:
-        running = RunningSystem(system_settings(dsn, prefix, **extra_env), dsn).start()
+        settings = system_settings(dsn, prefix, config_file, **extra_env)
+        running = RunningSystem(settings, dsn).start()
         try:
             yield running
         finally:

@@ -51,19 +51,21 @@ def ref() -> str:
 
 def application(
     *, amount: int = 1_000_000, term: int = 12, product: str = "CASH_EI_12",
-    income: int = 1_200_000, id_no: str | None = None, phone: str = "13800138000",
+    income: int = 1_200_000, id_no: str | None = None, phone: str | None = None,
     merchant_id: str | None = None, **overrides: Any,
 ) -> dict[str, Any]:
+    """An application body. Phone, device and IP are fresh unless given: anti-fraud velocity
+    (a device or IP seen in the last 24 h is not approved) must only trip when a test means it."""
     body: dict[str, Any] = {
         "partner_application_id": f"A-{uuid.uuid4().hex[:12]}",
         "product_code": product,
         "amount": amount,
         "term": term,
         "applicant": {
-            "name": "张三", "id_number": id_no or id_number(), "phone": phone,
+            "name": "张三", "id_number": id_no or id_number(), "phone": phone or fresh_phone(),
             "monthly_income": income, "region_code": "330100",
         },
-        "device": {"device_id": f"d-{uuid.uuid4().hex[:8]}", "ip": "10.1.2.3"},
+        "device": fresh_device(),
         "purpose": "consumption",
         "merchant_id": merchant_id,
     }
@@ -71,15 +73,21 @@ def application(
     return body
 
 
-def app_body(**kwargs: Any) -> dict[str, Any]:
-    """An application body with a fresh applicant, device and IP (velocity never trips)."""
-    kwargs.setdefault("id_no", fresh_id())
-    body = application(**kwargs)
-    body["device"] = {
+def fresh_phone() -> str:
+    return f"139{_rng.randrange(10**8):08d}"
+
+
+def fresh_device() -> dict[str, str]:
+    return {
         "device_id": f"d-{uuid.uuid4().hex}",
         "ip": f"10.{_rng.randrange(256)}.{_rng.randrange(256)}.{_rng.randrange(1, 255)}",
     }
-    return body
+
+
+def app_body(**kwargs: Any) -> dict[str, Any]:
+    """An application body with a fresh applicant, phone, device and IP."""
+    kwargs.setdefault("id_no", fresh_id())
+    return application(**kwargs)
 
 
 # ---- responses --------------------------------------------------------------------------------
@@ -191,3 +199,36 @@ def reconciliation(ops: httpx.Client, query: str = "") -> dict[str, Any]:
     assert (body["differences"] == []) is body["reconciled"], body
     assert len({d["loan_id"] for d in body["differences"]}) <= body["loans_with_differences"]
     return body
+
+
+# ---- origination: ages and decision traces ----------------------------------------------------
+
+
+def years_before(on: date, years: int) -> date:
+    """The same calendar day `years` earlier (28 February for a 29 February)."""
+    try:
+        return on.replace(year=on.year - years)
+    except ValueError:
+        return on.replace(year=on.year - years, day=28)
+
+
+def birth_for_age(on: date, age: int, *, oldest: bool = False) -> date:
+    """A birth date of someone exactly `age` (周岁) on `on`: the youngest such person (whose
+    birthday is `on`), or with oldest=True the oldest (turning age + 1 the next day)."""
+    if oldest:
+        return years_before(on, age + 1) + timedelta(days=1)
+    return years_before(on, age)
+
+
+def application_record(system: Any, application_id: str) -> dict[str, Any]:
+    """The stored application (Postgres, the truth) with its decision trace, as operators
+    read it (storage.applications_store.application_detail)."""
+    from lending.shard_state import shard_of_id
+    from storage.applications_store import application_detail
+
+    shard = shard_of_id("application", application_id)
+    assert shard is not None, application_id
+    detail: dict[str, Any] | None = system.run(
+        application_detail(system.pg(), shard, application_id))
+    assert detail is not None, f"application {application_id} is not stored"
+    return detail

@@ -147,10 +147,12 @@ def test_decision_rules_of_the_sandbox(
     got = response.json()
     assert got["status"] == status, got
     assert got["decision"]["reasons"] == reasons
-    if status == "declined":
-        assert got["decision"].get("approved_amount") is None
-    else:
+    if status == "approved":
         assert got["decision"]["approved_amount"] == kwargs["amount"]
+    else:  # declined, or in review: no offer terms until a decision approves
+        offer_fields = ("approved_amount", "annual_rate_bps", "apr_bps", "term", "credit_limit",
+                        "expires_on")
+        assert all(got["decision"].get(field) is None for field in offer_fields), got
 
 
 def test_amount_over_the_available_limit_is_declined(demo: PartnerClient) -> None:

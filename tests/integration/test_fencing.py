@@ -17,6 +17,7 @@ from cluster.system import risk_policy
 from lending.chart import load_chart
 from lending.commands import CustomerFacts, SubmitApplication
 from lending.products import load_catalog
+from lending.riskbook import load_risk_book
 from lending.shard_state import ApplyContext
 from storage import cluster_store
 from storage.migrate import migrate
@@ -56,7 +57,7 @@ async def _scenario(dsn: str) -> None:
         await migrate(conn)  # re-running is a no-op
         await cluster_store.initialise(conn, 1, BUSINESS_DATE)
     context = ApplyContext(BUSINESS_DATE, load_catalog(Path("config/products")),
-                           risk_policy(settings))
+                           risk_policy(settings), risk=load_risk_book(Path("config/risk")))
     old = ShardCore(0, ShardStore(pool, "old", CODES), lambda: context, 100, 10)
     new = ShardCore(0, ShardStore(pool, "new", CODES), lambda: context, 100, 10)
     try:
