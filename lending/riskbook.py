@@ -140,6 +140,13 @@ def load_risk_book(directory: Path) -> RiskBook:
     )
 
 
+def _fingerprint_or_none(directory: Path) -> str | None:
+    try:
+        return fingerprint_of(directory)
+    except RiskConfigError:
+        return None
+
+
 class RiskBookReloader:
     """The current risk book of a directory, reloaded when its files change."""
 
@@ -150,30 +157,40 @@ class RiskBookReloader:
         self.directory = directory
         self.interval_s = interval_s
         self.clock = clock
-        self.book = load_risk_book(directory)  # a broken config stops start-up
         self._checked = clock()
         self._rejected: str | None = None  # fingerprint of a broken edit, logged once
+        # `lendcore up` refuses a broken directory before anything starts; a host that
+        # restarts later (a crash) may find a broken edit left on disk. It then starts
+        # without a book: applications answer 503 until the files are fixed (reloaded like
+        # any edit), while repayments and reads on its shards go on.
+        self.book: RiskBook | None = None
+        try:
+            self.book = load_risk_book(directory)
+        except RiskConfigError as exc:
+            self._rejected = _fingerprint_or_none(directory)
+            log.error("risk config does not load; applications wait for a fix:\n%s", exc)
 
-    def current(self) -> RiskBook:
+    def current(self) -> RiskBook | None:
         now = self.clock()
         if now - self._checked < self.interval_s:
             return self.book
         self._checked = now
+        kept = self.book.fingerprint[:12] if self.book is not None else "no book"
         try:
             fingerprint = fingerprint_of(self.directory)
         except RiskConfigError as exc:
-            log.warning("risk config unreadable, keeping %s: %s", self.book.fingerprint[:12], exc)
+            log.warning("risk config unreadable, keeping %s: %s", kept, exc)
             return self.book
-        if fingerprint in (self.book.fingerprint, self._rejected):
+        current = self.book.fingerprint if self.book is not None else None
+        if fingerprint in (current, self._rejected):
             return self.book
         try:
             book = load_risk_book(self.directory)
         except RiskConfigError as exc:
             self._rejected = fingerprint
-            log.error("risk config change rejected, still deciding with %s:\n%s",
-                      dict(self.book.versions), exc)
+            log.error("risk config change rejected, still deciding with %s:\n%s", kept, exc)
             return self.book
-        if dict(book.versions) == dict(self.book.versions):
+        if self.book is not None and dict(book.versions) == dict(self.book.versions):
             log.warning("risk config changed without a version bump: %s", dict(book.versions))
         log.info("risk config reloaded: %s (fingerprint %s)", dict(book.versions),
                  book.fingerprint[:12])

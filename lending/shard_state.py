@@ -365,6 +365,8 @@ def _apply_write(batch: _Batch, command: SubmitApplication | BookLoan | Repay) -
         reply = _book_loan(batch, command)
     else:
         reply = _repay(batch, command)
+    if reply.status >= 500:
+        return reply  # nothing happened: the key stays free for the partner's retry
     batch.diff.idempotency[key] = IdempotencyRecord(
         command.partner_id, command.idem_key, command.request_hash, reply.status, reply.body
     )
@@ -381,7 +383,10 @@ def _submit_application(batch: _Batch, cmd: SubmitApplication) -> Reply:
         )
     ctx = batch.ctx
     if ctx.risk is None:
-        raise RuntimeError("no risk book loaded (ApplyContext.risk): cannot decide")
+        # The risk files on disk did not load when this host started (a broken edit left
+        # behind): applications wait for a fix, repayments and reads go on.
+        return error_reply(503, "unavailable",
+                           "the risk rule sets are not loaded on this shard host; retry later")
     product = ctx.catalog.get(cmd.product_code)
     is_new = batch.customer_by_hash(cmd.customer.id_hash) is None
     customer = _find_or_create_customer(batch, cmd)

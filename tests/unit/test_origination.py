@@ -230,7 +230,7 @@ def test_the_reloader_picks_up_edits_and_keeps_the_last_good_book(tmp_path: Path
     assert reloader.current() is first, "not checked again before the interval"
     now[0] = 2.0
     second = reloader.current()
-    assert second is not first and second.versions["pricing"] == 2
+    assert second is not None and second is not first and second.versions["pricing"] == 2
     assert run(book=second).decision.annual_rate_bps == 1700
 
     edit(directory / "decision.toml", 'when = "score < 560"', 'when = "score <"')
@@ -241,7 +241,24 @@ def test_the_reloader_picks_up_edits_and_keeps_the_last_good_book(tmp_path: Path
     edit(directory / "decision.toml", 'when = "score <"', 'when = "score < 570"')
     now[0] = 8.0
     third = reloader.current()
-    assert third is not second and third.fingerprint != second.fingerprint
+    assert third is not None and third is not second
+    assert third.fingerprint != second.fingerprint
+
+
+def test_a_host_starting_on_a_broken_edit_waits_for_the_fix(tmp_path: Path) -> None:
+    """A host restarting after a crash may find a broken edit on disk: it starts without a
+    book (applications answer 503, repayments go on) and picks up the repaired files."""
+    directory = copy_risk_dir(tmp_path)
+    edit(directory / "decision.toml", 'when = "score < 560"', 'when = "score <"')
+    now = [0.0]
+    reloader = RiskBookReloader(directory, interval_s=2.0, clock=lambda: now[0])
+    assert reloader.current() is None
+    now[0] = 2.0
+    assert reloader.current() is None, "the same broken files are not loaded again"
+    edit(directory / "decision.toml", 'when = "score <"', 'when = "score < 560"')
+    now[0] = 4.0
+    repaired = reloader.current()
+    assert repaired is not None and repaired.fingerprint == BOOK.fingerprint
 
 
 def test_a_broken_directory_is_one_error_listing_every_problem(tmp_path: Path) -> None:
@@ -310,10 +327,13 @@ def test_the_shard_stores_the_trace_with_the_application() -> None:
     assert customer.credit_limit == 6_000_000
 
 
-def test_the_shard_refuses_to_decide_without_a_risk_book() -> None:
+def test_without_a_risk_book_an_application_is_503_and_changes_nothing() -> None:
+    """No decision without the rule sets, and nothing kept: not the customer, not the
+    application, not the idempotency key (the partner retries it once the files load)."""
     context = ApplyContext(BUSINESS_DATE, CATALOG, POLICY)
-    with pytest.raises(RuntimeError, match="no risk book"):
-        apply_batch(ShardState(0), [_submit(1, screening())], Prefetched(), context)
+    replies, diff = apply_batch(ShardState(0), [_submit(1, screening())], Prefetched(), context)
+    assert (replies[0].status, replies[0].code) == (503, "unavailable")
+    assert diff.is_empty(), diff
 
 
 def test_decisions_are_pure_and_replay_identically() -> None:
