@@ -443,7 +443,12 @@ def test_prepayment_rebuilds_the_schedule(state: State, kind: str, permille: int
     if kind == KIND_REDUCE_INSTALLMENT:
         assert new_dates == old_dates
         if after.outstanding_principal() >= max(100_000, n_rebuilt**2):
-            assert open_future(after, as_of) == open_future(loan, as_of)
+            # Every period stays open, except that the current one may close: the
+            # prepayment pays its interest to date, and a period's interest never exceeds
+            # the contract's (late in a period the two meet), leaving only principal on it.
+            closed = open_future(loan, as_of) - open_future(after, as_of)
+            head = next(i for i in after.installments if i.due_date > as_of)
+            assert closed == 0 or (closed == 1 and head.unpaid_total() == 0), (closed, head)
     else:
         assert new_dates == old_dates[: len(new_dates)]
         assert open_future(after, as_of) <= open_future(loan, as_of)
