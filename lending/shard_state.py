@@ -107,6 +107,12 @@ class Application(msgspec.Struct):
     trace: DecisionTrace | None = None  # how the risk pipeline decided (never shown to partners)
 
 
+def without_trace(app: Application) -> Application:
+    """The application as shards keep it: the decision trace (≈ 5 KB once decoded, read only
+    by operators) lives in its own column in Postgres, written once (storage.shard_store)."""
+    return app if app.trace is None else msgspec.structs.replace(app, trace=None)
+
+
 class RepaymentRecord(msgspec.Struct, frozen=True):
     repayment_id: str
     loan_id: str
@@ -231,7 +237,7 @@ class ShardState:
             self.customers[customer.customer_id] = customer
             self.customer_by_hash[customer.id_hash] = customer.customer_id
         for app in diff.applications.values():
-            self.applications[app.application_id] = app
+            self.applications[app.application_id] = without_trace(app)
             self.application_by_ref[(app.partner_id, app.partner_application_id)] = (
                 app.application_id
             )

@@ -11,9 +11,11 @@ from typing import Any
 import asyncpg
 import msgspec
 
+from lending.origination import DecisionTrace
 from lending.shard_state import Application
 
 _APPLICATION = msgspec.msgpack.Decoder(Application)
+_TRACE = msgspec.msgpack.Decoder(DecisionTrace)
 
 
 async def application_detail(
@@ -21,11 +23,14 @@ async def application_detail(
 ) -> dict[str, Any] | None:
     """The application with its decision trace (rule-set versions, every rule fired, score
     and breakdown, tier, limit), or None. Holds no personal data: the customer is an id."""
-    state = await pool.fetchval(
-        "SELECT state FROM applications WHERE shard_id = $1 AND application_id = $2",
+    row = await pool.fetchrow(
+        "SELECT state, trace FROM applications WHERE shard_id = $1 AND application_id = $2",
         shard_id, application_id,
     )
-    if state is None:
+    if row is None:
         return None
-    detail: dict[str, Any] = msgspec.to_builtins(_APPLICATION.decode(state))
+    application = _APPLICATION.decode(row["state"])
+    if row["trace"] is not None:
+        application = msgspec.structs.replace(application, trace=_TRACE.decode(row["trace"]))
+    detail: dict[str, Any] = msgspec.to_builtins(application)
     return detail

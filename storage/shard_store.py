@@ -33,6 +33,7 @@ from lending.shard_state import (
     Prefetched,
     Review,
     ShardState,
+    without_trace,
 )
 
 
@@ -76,12 +77,14 @@ c AS (
 ),
 a AS (
   INSERT INTO applications (shard_id, application_id, partner_id, partner_application_id,
-                            customer_id, status, created_on, state)
-  SELECT $1, r->>0, r->>1, r->>2, r->>3, r->>4, (r->>5)::date, decode(r->>6, 'base64')
+                            customer_id, status, created_on, state, trace)
+  SELECT $1, r->>0, r->>1, r->>2, r->>3, r->>4, (r->>5)::date, decode(r->>6, 'base64'),
+         decode(r->>7, 'base64')
   FROM jsonb_array_elements($5::jsonb) AS r
   WHERE EXISTS (SELECT FROM fence)
   ON CONFLICT (shard_id, application_id)
-  DO UPDATE SET status = EXCLUDED.status, state = EXCLUDED.state
+  DO UPDATE SET status = EXCLUDED.status, state = EXCLUDED.state,
+    trace = COALESCE(EXCLUDED.trace, applications.trace)
 ),
 l AS (
   INSERT INTO loans (shard_id, loan_id, customer_id, partner_id, status,
@@ -162,7 +165,8 @@ def _commit_args(shard_id: int, epoch: int, diff: Diff, codes: dict[str, str]) -
     customers = [(c.customer_id, c.id_hash, _ENCODER.encode(c)) for c in diff.customers.values()]
     applications = [
         (a.application_id, a.partner_id, a.partner_application_id, a.customer_id, a.status,
-         a.created_on, _ENCODER.encode(a))
+         a.created_on, _ENCODER.encode(without_trace(a)),
+         None if a.trace is None else _ENCODER.encode(a.trace))
         for a in diff.applications.values()
     ]
     loans = [

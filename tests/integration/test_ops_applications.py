@@ -52,6 +52,20 @@ def test_a_decline_names_the_rule_that_fired_and_where_it_stopped(
                for stage, _, reason, action in fired), fired
 
 
+def test_the_trace_outlives_later_updates_of_the_application(
+    demo: PartnerClient, ops: httpx.Client
+) -> None:
+    """Shards keep applications without their trace; booking rewrites the application row
+    (loan_id) and must leave the stored trace as it was."""
+    application = submit(demo, app_body())
+    before = _detail(ops, application["application_id"])
+    booked = demo.post("/v1/loans", {"application_id": application["application_id"]})
+    assert booked.status_code == 201, booked.text
+    after = _detail(ops, application["application_id"])
+    assert after["loan_id"] == booked.json()["loan_id"]
+    assert after["trace"] == before["trace"] and after["trace"] is not None
+
+
 def test_unknown_malformed_and_unauthenticated(ops: httpx.Client) -> None:
     assert ops.get("/ops/applications/AP-0000-0000000001").status_code == 401
     for missing in ("AP-0000-9999999999", "nonsense", "AP-9999-0000000001", "LN-0000-0000000001"):

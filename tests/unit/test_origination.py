@@ -325,6 +325,10 @@ def test_the_shard_stores_the_trace_with_the_application() -> None:
     assert all(b"fingerprint" not in r.body and b"stages" not in r.body for r in replies)
     customer = diff.customers[apps[0].customer_id]
     assert customer.credit_limit == 6_000_000
+    # Committed, the shard keeps applications without their trace (Postgres holds it).
+    state.commit(diff)
+    assert all(state.applications[a.application_id].trace is None for a in apps)
+    assert state.applications[apps[0].application_id].status == "approved"
 
 
 def test_without_a_risk_book_an_application_is_503_and_changes_nothing() -> None:
