@@ -267,13 +267,10 @@ def _pg_ctl_start(pgdata: Path, log_path: Path, account: pwd.struct_passwd | Non
             *("-c", f"port={POSTGRES_PORT}"),
         ]
     )
-    # -W: pg_ctl only launches; _wait_for_postmaster then waits for postmaster.pid to say
-    # "ready" (what `pg_ctl -w` checks too). pg_ctl's own wait also compares that file's pid
-    # with its child's and once timed out with the server up and ready (CI, a loaded box).
     pg_ctl_command = [
         str(_postgres_bin_dir() / "pg_ctl"),
         *("start", "-D", str(pgdata), "-l", str(log_path), "-o", server_options),
-        "-W",
+        *("-w", "-t", str(int(START_TIMEOUT_S))),
     ]
     _run(
         pg_ctl_command,
