@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
+import tempfile
 import threading
 import uuid
 from collections.abc import Coroutine, Iterator
@@ -159,3 +161,14 @@ def ops(system: RunningSystem) -> Iterator[httpx.Client]:
     client = httpx.Client(base_url=system.system.ops_url, timeout=30)
     yield client
     client.close()
+
+
+@pytest.fixture
+def embedded_tmp() -> Iterator[Path]:
+    """A directory for embedded Postgres data OUTSIDE pytest's basetemp. Postgres runs as an
+    unprivileged account that needs search permission on every parent, and pytest resets its
+    root (/tmp/pytest-of-<user>) to 0700 whenever another pytest session starts on the
+    machine: a Postgres started under it then cannot stat its own data directory."""
+    path = Path(tempfile.mkdtemp(prefix="lendcore-test-"))
+    yield path
+    shutil.rmtree(path)

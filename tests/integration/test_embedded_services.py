@@ -26,8 +26,8 @@ SUBPROCESS_TIMEOUT_S = 60
 
 
 @pytest.fixture
-def data_dir(tmp_path: Path) -> Path:
-    return tmp_path / "lendcore"
+def data_dir(embedded_tmp: Path) -> Path:
+    return embedded_tmp / "lendcore"
 
 
 def _process_gone(pid: int) -> bool:

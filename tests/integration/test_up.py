@@ -88,8 +88,8 @@ def _run_up_and_use_it(env: dict[str, str], log_path: Path, own_ray: bool = True
 
 
 @pytest.mark.slow
-def test_up_with_embedded_postgres_and_redis(tmp_path: Path) -> None:
-    data_dir = tmp_path / "data"
+def test_up_with_embedded_postgres_and_redis(tmp_path: Path, embedded_tmp: Path) -> None:
+    data_dir = embedded_tmp / "data"
     _run_up_and_use_it(_environment(data_dir), tmp_path / "up.log")
     assert (data_dir / "pg").is_dir() and (data_dir / "redis").is_dir()
     # Second start on the same data: the schema is not applied twice, state survives.
