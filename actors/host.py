@@ -116,6 +116,19 @@ class ShardHostCore:
                 self._context = msgspec.structs.replace(self._context, risk=book)
         return self._context
 
+    async def sync_business_date(self) -> str:
+        """Read the business date from Postgres (cluster_meta, the truth) into the context
+        of the next batches; the EOD orchestrator calls it after it advanced the date and
+        before a run (a host it could not reach then reads it here, or on restart)."""
+        await self.ensure_started()
+        assert self._pool is not None and self._context is not None
+        business_date = await cluster_store.business_date(self._pool)
+        if business_date != self._context.business_date:
+            log.info("host %s: business date %s -> %s", self.config.host_id,
+                     self._context.business_date, business_date)
+            self._context = msgspec.structs.replace(self._context, business_date=business_date)
+        return business_date.isoformat()
+
     async def _activate(self, core: ShardCore) -> None:
         """Redis serialises contenders for a shard; Postgres's epoch decides who owns it."""
         claim_key = f"{self.config.redis_prefix}lease-claim:{core.shard_id}"

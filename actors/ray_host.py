@@ -28,6 +28,9 @@ class ShardHostActor:
     async def submit(self, payload: bytes) -> bytes:
         return await self.core.submit(payload)
 
+    async def sync_business_date(self) -> str:
+        return await self.core.sync_business_date()
+
     async def ready(self) -> dict[str, Any]:
         await self.core.ensure_started()
         return self.core.stats()

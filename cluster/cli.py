@@ -38,6 +38,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     rules_check.add_argument("--dir", type=Path, default=None,
                              help="risk config directory (default: paths.risk_dir)")
+    eod = commands.add_parser(
+        "eod", help="run end of day through the operator API, with a progress bar")
+    eod.add_argument("--ops-url", default="http://127.0.0.1:8081")
+    eod.add_argument("--token", default=None,
+                     help="an admin token (default: $LENDCORE_OPS_TOKEN, else the dev admin)")
+    eod.add_argument("--business-date", default=None,
+                     help="YYYY-MM-DD: a closed date prints its stored report")
     args = parser.parse_args(argv)
     if args.command == "up":
         from cluster.up import run
@@ -49,6 +56,10 @@ def main(argv: list[str] | None = None) -> int:
         from loadtests.bench import run_bench
 
         return run_bench(args.config, quick=args.quick, loans=args.loans, duration=args.duration)
+    if args.command == "eod":
+        from cluster.eod_cli import main as eod_main
+
+        return eod_main(args.ops_url, args.token, args.business_date)
     if args.command == "rules":
         from cluster.rules_cli import run as run_rules
 

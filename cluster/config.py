@@ -145,6 +145,14 @@ class ReviewSettings(msgspec.Struct, forbid_unknown_fields=True):
     page_max: int = 100  # most reviews or audit rows one GET returns
 
 
+class EodSettings(msgspec.Struct, forbid_unknown_fields=True):
+    """End of day (cluster/eod.py)."""
+
+    chunk_loans: int = 2000  # loans one EodStep closes in one shard commit
+    shard_concurrency: int = 4  # shards of one host running their EOD chunks at once
+    lock_ttl_s: float = 30.0  # the Redis run lock expires this long after its last renewal
+
+
 class SecuritySettings(msgspec.Struct, forbid_unknown_fields=True):
     pii_key_hex: str = ""
     hash_key_hex: str = ""
@@ -168,6 +176,7 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True):
     servicing: ServicingPolicy = msgspec.field(default_factory=ServicingPolicy)
     connectors: ConnectorSettings = msgspec.field(default_factory=ConnectorSettings)
     review: ReviewSettings = msgspec.field(default_factory=ReviewSettings)
+    eod: EodSettings = msgspec.field(default_factory=EodSettings)
     security: SecuritySettings = msgspec.field(default_factory=SecuritySettings)
     operators: list[OperatorSettings] = msgspec.field(default_factory=list)
 
@@ -274,6 +283,13 @@ def _validate(settings: Settings) -> None:
         raise ConfigError("review.maker_checker_amount_over must be >= 0")
     if not 1 <= review.page_max <= 1000:
         raise ConfigError("review.page_max must be in 1..1000")
+    eod = settings.eod
+    if not 1 <= eod.chunk_loans <= 100000:
+        raise ConfigError("eod.chunk_loans must be in 1..100000")
+    if not 1 <= eod.shard_concurrency <= 1000:
+        raise ConfigError("eod.shard_concurrency must be in 1..1000")
+    if not 1 <= eod.lock_ttl_s <= 3600:
+        raise ConfigError("eod.lock_ttl_s must be in 1..3600")
     for name in ("pii_key_hex", "hash_key_hex"):
         value = getattr(settings.security, name)
         if len(bytes.fromhex(value)) != 32:

@@ -24,6 +24,7 @@ import uvicorn
 from actors.host import HostConfig
 from actors.ray_host import ShardHostActor
 from cluster.config import Settings, load_partner_secrets
+from cluster.eod import EodRunner
 from gateway.antifraud import AntiFraud, Blacklist
 from gateway.connectors import ConnectorRunner
 from gateway.guard import RedisGuard
@@ -88,6 +89,7 @@ class System:
         self.blacklist: Blacklist | None = None  # built with the servers
         self.antifraud: AntiFraud | None = None  # what the partner API screens with
         self.connectors: ConnectorRunner | None = None  # external data sources
+        self.eod: EodRunner | None = None  # end of day (POST /ops/eod)
         self._servers: list[_Server] = []
         self._server_tasks: list[asyncio.Task[None]] = []
         self.api_url = ""
@@ -206,6 +208,10 @@ class System:
             is_ready=self.ready,
             common=common,
         )
+        self.eod = EodRunner(
+            pool=self._pool, redis=self._redis, prefix=s.redis.key_prefix, router=self.router,
+            sync_hosts=self.sync_business_date, settings=s.eod,
+        )
         ops = OpsApi(
             operators=[Operator(o.name, o.token, o.roles) for o in s.operators],
             pool=self._pool,
@@ -223,6 +229,7 @@ class System:
                 maker_checker_amount_over=s.review.maker_checker_amount_over,
                 page_max=s.review.page_max,
             ),
+            eod=self.eod,
         )
         for app, host, port in (
             (partner, s.gateway.api_host, s.gateway.api_port),
@@ -244,6 +251,24 @@ class System:
         ops_port = self._bound_port(self._servers[1])
         self.api_url = f"http://{s.gateway.api_host}:{api_port}"
         self.ops_url = f"http://{s.gateway.ops_host}:{ops_port}"
+
+    async def sync_business_date(self) -> None:
+        """Make every shard host read the business date from Postgres (end of day calls it
+        before and after a run). A host that is restarting is retried until it answers (a
+        restarted host reads the date on start anyway)."""
+        deadline = time.monotonic() + HOST_READY_TIMEOUT_S
+
+        async def sync(host: Any) -> None:
+            while True:
+                try:
+                    await host.sync_business_date.remote()
+                    return
+                except RAY_RETRYABLE:
+                    if time.monotonic() > deadline:
+                        raise
+                    await asyncio.sleep(0.2)
+
+        await asyncio.gather(*(sync(host) for host in self.hosts))
 
     async def sync_blacklists(self) -> None:
         """Rebuild the Redis blacklist sets from Postgres (the truth). A Redis that is down

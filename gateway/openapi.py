@@ -385,6 +385,14 @@ def build_openapi() -> bytes:
                  ("shard", "one logical shard 0..logical_shards-1; absent: all shards")),
                 errors=(400, 401))},
             "/ops/cluster": {"get": _ops_operation("Nodes, shard map, queues, restarts")},
+            "/ops/eod": {
+                "get": _ops_operation(
+                    "The current or last end-of-day run: status, per-shard progress, report"),
+                "post": _ops_operation(
+                    "Run (or resume) end of day for the current business date and advance it "
+                    "(admin); body {} or {\"business_date\": \"YYYY-MM-DD\"}: a closed date "
+                    "answers its stored report", errors=(400, 401, 403, 404, 409, 503)),
+            },
             "/ops/applications/{application_id}": {"get": _ops_operation(
                 "An application with its decision trace (which rule-set versions ran, which "
                 "rules fired, score and breakdown, tier, limit): why it was decided so. From "

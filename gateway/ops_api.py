@@ -6,9 +6,11 @@ Reports read Postgres (or actor summaries), never the write path.
 from __future__ import annotations
 
 import hmac
+import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Annotated, Any
+from datetime import date
+from typing import TYPE_CHECKING, Annotated, Any, Protocol
 
 import asyncpg
 import msgspec
@@ -45,6 +47,23 @@ from storage.applications_store import application_detail
 
 if TYPE_CHECKING:
     from gateway.reviews import ReviewDesk
+
+
+class EodService(Protocol):
+    """End of day as the operator API uses it (cluster/eod.py EodRunner)."""
+
+    async def run(self, requested: date | None = None) -> dict[str, Any]: ...
+
+    async def status(self) -> dict[str, Any]: ...
+
+
+class EodIn(msgspec.Struct, forbid_unknown_fields=True):
+    business_date: Any = None  # "YYYY-MM-DD": the date to run, or a closed date's report
+
+
+_EOD_IN = msgspec.json.Decoder(EodIn)
+
+log = logging.getLogger("lendcore.ops")
 
 ROLES = ("viewer", "operator", "risk_officer", "admin")
 APPLICATIONS_PREFIX = "/ops/applications/"
@@ -114,7 +133,9 @@ class OpsApi:
         vault: PiiVault,
         blacklist: Blacklist,
         reviews: ReviewDesk | None = None,
+        eod: EodService | None = None,
     ) -> None:
+        self.eod = eod
         self.operators = operators
         self.reviews = reviews
         self.vault = vault
@@ -186,6 +207,8 @@ class OpsApi:
             return await self._blacklist(scope, receive, method, path)
         if self.reviews is not None and self.reviews.owns(path):
             return await self.reviews.handle(scope, receive, self._authorise)
+        if path == "/ops/eod" and self.eod is not None:
+            return await self._eod(scope, receive, method)
         if method != "GET":
             raise HttpError(404, "not_found", f"no route {method} {path}")
         query = query_params(scope)
@@ -220,6 +243,40 @@ class OpsApi:
             return "audit", JSON.encode(
                 {"target": target, "entries": await audit.history(self.pool, target, limit)})
         raise HttpError(404, "not_found", f"no route {method} {path}")
+
+    # ---- end of day (admin runs, every role watches) ------------------------------------
+
+    async def _eod(self, scope: Scope, receive: Receive, method: str) -> tuple[str, bytes]:
+        assert self.eod is not None
+        if method == "GET":
+            self._authorise(scope, "viewer")
+            return "eod_status", JSON.encode(await self.eod.status())
+        if method != "POST":
+            raise HttpError(404, "not_found", f"no route {method} /ops/eod")
+        self._authorise(scope, "admin")
+        try:
+            raw = await read_body(scope, receive, OPS_BODY_MAX_BYTES)
+        except BodyTooLarge as exc:
+            raise HttpError(413, "payload_too_large",
+                            f"bodies are limited to {OPS_BODY_MAX_BYTES} bytes") from exc
+        requested = None
+        if raw.strip():
+            try:
+                body = _EOD_IN.decode(raw)
+            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                raise invalid(exc) from exc
+            if body.business_date is not None:
+                requested = _iso_date(body.business_date)
+        try:
+            report = await self.eod.run(requested)
+        except HttpError:
+            raise
+        except Exception as exc:  # Postgres, Redis or a host down: the date did not move
+            log.exception("end of day failed")
+            raise HttpError(503, "unavailable",
+                            f"end of day failed ({type(exc).__name__}); run it again",
+                            retry_after_s=5) from exc
+        return "eod_run", JSON.encode(report)
 
     # ---- blacklists (risk_officer writes, every role reads; each write audited) ----------
 
@@ -270,6 +327,16 @@ class OpsApi:
             return blacklist_value_hash(self.vault, kind, value)
         except BlacklistValueError as exc:
             raise HttpError(400, "invalid_request", str(exc), exc.field) from exc
+
+
+def _iso_date(value: Any) -> date:
+    if isinstance(value, str):
+        try:
+            return date.fromisoformat(value)
+        except ValueError:
+            pass
+    raise HttpError(400, "invalid_request", "business_date must be a YYYY-MM-DD date",
+                    "business_date")
 
 
 def _bounded_int(text: str | None, field: str, default: int, maximum: int) -> int:

@@ -103,12 +103,23 @@ class ReviewDecision(msgspec.Struct, frozen=True, tag="review_decision"):
     maker_checker_over: int
 
 
+class EodStep(msgspec.Struct, frozen=True, tag="eod_step"):
+    """End of day `business_date` for up to `max_loans` of the shard's loans not yet closed
+    for it (cluster/eod.py sends it until `remaining` is 0). No idempotency key: it is
+    idempotent by construction (a loan remembers the last day it closed), so a retry after
+    an unknown outcome closes only what is still open. Refused (409 invalid_state) unless
+    `business_date` is the shard's current business date."""
+
+    business_date: date
+    max_loans: int
+
+
 Command = (
     SubmitApplication | BookLoan | Repay | GetLoan | GetPayoff | GetApplication | GetCustomer
-    | ReviewDecision
+    | ReviewDecision | EodStep
 )
 WRITE_COMMANDS = (SubmitApplication, BookLoan, Repay)  # partner writes: idempotency-keyed
-OPS_WRITE_COMMANDS = (ReviewDecision,)  # operator writes: no idempotency key
+OPS_WRITE_COMMANDS = (ReviewDecision, EodStep)  # operator writes: no idempotency key
 
 
 class Envelope(msgspec.Struct, frozen=True, array_like=True):

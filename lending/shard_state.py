@@ -19,6 +19,7 @@ from lending.apr import apr_bps, schedule_payments
 from lending.commands import (
     BookLoan,
     Command,
+    EodStep,
     GetApplication,
     GetCustomer,
     GetLoan,
@@ -29,7 +30,7 @@ from lending.commands import (
     SubmitApplication,
     error_reply,
 )
-from lending.daily import ServicingPolicy
+from lending.daily import ServicingPolicy, close_day
 from lending.decision import APPROVED, DECLINED, MANUAL_REVIEW, RiskPolicy
 from lending.loans import (
     LOAN_PAID_OFF,
@@ -167,6 +168,42 @@ class AuditRecord(msgspec.Struct, frozen=True):
     after: dict[str, Any] | None
 
 
+class EodProgress(msgspec.Struct):
+    """What one batch's EodSteps did to a shard's end of day (table eod_shard_progress):
+    counts to add to the row, `remaining` and, once nothing remains, the shard's buckets and
+    classifications after the run."""
+
+    business_date: date
+    processed: int = 0
+    accrued_interest: int = 0
+    accrued_penalty: int = 0
+    became_overdue: int = 0
+    non_accrual_started: int = 0
+    written_off: int = 0
+    chunks: int = 0
+    remaining: int = 0
+    finished: bool = False
+    buckets: dict[str, int] | None = None
+    classifications: dict[str, int] | None = None
+
+
+class EodStepResult(msgspec.Struct, frozen=True):
+    """The reply of an EodStep: this chunk's figures; `book_*` only when remaining is 0."""
+
+    business_date: date
+    processed: int
+    remaining: int
+    accrued_interest: int
+    accrued_penalty: int
+    became_overdue: int
+    non_accrual_started: int
+    written_off: int
+    buckets: dict[str, int]  # bucket → loans of this chunk in it after the close
+    classifications: dict[str, int]
+    book_buckets: dict[str, int] | None = None  # every open loan of the shard, when done
+    book_classifications: dict[str, int] | None = None
+
+
 class Diff(msgspec.Struct):
     """Rows one batch writes. Everything in it commits together or not at all."""
 
@@ -181,12 +218,13 @@ class Diff(msgspec.Struct):
     next_seq: int = 0
     reviews: dict[str, Review] = msgspec.field(default_factory=dict)
     audit: list[AuditRecord] = msgspec.field(default_factory=list)
+    eod: EodProgress | None = None  # end-of-day progress of this shard (eod_shard_progress)
 
     def is_empty(self) -> bool:
         return not (
             self.customers or self.applications or self.loans or self.repayments
             or self.entries or self.idempotency or self.partner_refs or self.reviews
-            or self.audit
+            or self.audit or self.eod is not None
         )
 
 
@@ -338,6 +376,8 @@ def _apply_one(batch: _Batch, command: Command) -> Reply:
         return _get_payoff(batch, command)
     if isinstance(command, ReviewDecision):
         return _review_decision(batch, command)
+    if isinstance(command, EodStep):
+        return _eod_step(batch, command)
     if isinstance(command, GetApplication):
         app = batch.application(command.application_id)
         if app is None or app.partner_id != command.partner_id:
@@ -808,3 +848,94 @@ def _review_snapshot(
         "proposal": proposal,
     })
     return snapshot
+
+
+# ---- end of day (日终批处理, DOMAIN.md §5) ----------------------------------------------------
+# The orchestrator (cluster/eod.py) sends EodStep chunks until nothing remains. Each chunk
+# closes loans in loan-id order with lending.daily.close_day and commits their new states,
+# their journal entries and the shard's progress row in the shard's ONE fenced commit: a
+# chunk is all or nothing, and `last_closed_on` is the checkpoint a resumed run skips by.
+
+EOD_CAUSE_PREFIX = "EOD-"
+
+
+def eod_cause(day: date) -> str:
+    """journal_lines.cause of the entries end of day `day` writes."""
+    return f"{EOD_CAUSE_PREFIX}{day.isoformat()}"
+
+
+def needs_close(loan: Loan, day: date) -> bool:
+    """A loan end of day `day` still has to close."""
+    return (
+        loan.status != LOAN_PAID_OFF
+        and loan.disbursed_on <= day
+        and (loan.last_closed_on is None or loan.last_closed_on < day)
+    )
+
+
+def _count(counts: dict[str, int], key: str) -> None:
+    counts[key] = counts.get(key, 0) + 1
+
+
+def _eod_step(batch: _Batch, cmd: EodStep) -> Reply:
+    day = cmd.business_date
+    if day != batch.ctx.business_date:
+        return error_reply(
+            409, "invalid_state",
+            f"end of day {day} is not for this shard's business date {batch.ctx.business_date}",
+            "business_date",
+        )
+    if cmd.max_loans < 1:
+        return error_reply(400, "invalid_request", "max_loans must be >= 1", "max_loans")
+    loans = {**batch.state.loans, **batch.diff.loans}
+    open_ids = sorted(loan_id for loan_id, loan in loans.items() if needs_close(loan, day))
+    chunk = open_ids[:cmd.max_loans]
+    remaining = len(open_ids) - len(chunk)
+    cause = eod_cause(day)
+    progress = batch.diff.eod or EodProgress(day)
+    buckets: dict[str, int] = {}
+    classes: dict[str, int] = {}
+    totals = {"interest": 0, "penalty": 0, "overdue": 0, "non_accrual": 0, "written_off": 0}
+    for loan_id in chunk:
+        loan = loans[loan_id]
+        result = close_day(loan, day, batch.ctx.servicing)
+        closed = result.loan
+        for posting in result.postings:
+            batch.post(closed, cause, posting)
+        batch.diff.loans[loan_id] = closed
+        loans[loan_id] = closed
+        totals["interest"] += result.accrued_interest
+        totals["penalty"] += result.accrued_penalty
+        totals["overdue"] += result.became_overdue
+        totals["non_accrual"] += int(closed.non_accrual and not loan.non_accrual)
+        totals["written_off"] += int(
+            closed.written_off_on is not None and loan.written_off_on is None)
+        _count(buckets, closed.bucket)
+        _count(classes, closed.classification)
+    progress.processed += len(chunk)
+    progress.accrued_interest += totals["interest"]
+    progress.accrued_penalty += totals["penalty"]
+    progress.became_overdue += totals["overdue"]
+    progress.non_accrual_started += totals["non_accrual"]
+    progress.written_off += totals["written_off"]
+    progress.chunks += 1
+    progress.remaining = remaining
+    book_buckets: dict[str, int] | None = None
+    book_classes: dict[str, int] | None = None
+    if remaining == 0:
+        book_buckets, book_classes = {}, {}
+        for loan in loans.values():
+            if loan.status != LOAN_PAID_OFF:
+                _count(book_buckets, loan.bucket)
+                _count(book_classes, loan.classification)
+        progress.finished = True
+        progress.buckets, progress.classifications = book_buckets, book_classes
+    batch.diff.eod = progress
+    body = EodStepResult(
+        business_date=day, processed=len(chunk), remaining=remaining,
+        accrued_interest=totals["interest"], accrued_penalty=totals["penalty"],
+        became_overdue=totals["overdue"], non_accrual_started=totals["non_accrual"],
+        written_off=totals["written_off"], buckets=buckets, classifications=classes,
+        book_buckets=book_buckets, book_classifications=book_classes,
+    )
+    return Reply(200, views.encode(body))

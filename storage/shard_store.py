@@ -149,6 +149,30 @@ u AS (
   SELECT $1, r->>0, r->>1, r->>2, NULLIF(r->3, 'null'::jsonb), NULLIF(r->4, 'null'::jsonb)
   FROM jsonb_array_elements($13::jsonb) AS r
   WHERE EXISTS (SELECT FROM fence)
+),
+e AS (
+  -- end-of-day progress: counts accumulate chunk after chunk (at most one row a batch)
+  INSERT INTO eod_shard_progress AS g (shard_id, business_date, processed, accrued_interest,
+    accrued_penalty, became_overdue, non_accrual_started, written_off, chunks, remaining,
+    buckets, classifications, finished_at)
+  SELECT $1, (r->>0)::date, (r->>1)::int8, (r->>2)::int8, (r->>3)::int8, (r->>4)::int8,
+         (r->>5)::int8, (r->>6)::int8, (r->>7)::int4, (r->>8)::int8,
+         NULLIF(r->9, 'null'::jsonb), NULLIF(r->10, 'null'::jsonb),
+         CASE WHEN (r->>11)::boolean THEN now() END
+  FROM jsonb_array_elements($14::jsonb) AS r
+  WHERE EXISTS (SELECT FROM fence)
+  ON CONFLICT (shard_id, business_date) DO UPDATE SET
+    processed = g.processed + EXCLUDED.processed,
+    accrued_interest = g.accrued_interest + EXCLUDED.accrued_interest,
+    accrued_penalty = g.accrued_penalty + EXCLUDED.accrued_penalty,
+    became_overdue = g.became_overdue + EXCLUDED.became_overdue,
+    non_accrual_started = g.non_accrual_started + EXCLUDED.non_accrual_started,
+    written_off = g.written_off + EXCLUDED.written_off,
+    chunks = g.chunks + EXCLUDED.chunks,
+    remaining = EXCLUDED.remaining,
+    buckets = COALESCE(EXCLUDED.buckets, g.buckets),
+    classifications = COALESCE(EXCLUDED.classifications, g.classifications),
+    finished_at = COALESCE(EXCLUDED.finished_at, g.finished_at)
 )
 SELECT count(*) FROM fence
 """
@@ -195,10 +219,16 @@ def _commit_args(shard_id: int, epoch: int, diff: Diff, codes: dict[str, str]) -
     ]
     reviews = [(v.application_id, v) for v in diff.reviews.values()]
     audit = [(u.actor, u.action, u.target, u.before, u.after) for u in diff.audit]
+    g = diff.eod
+    eod = [] if g is None else [(
+        g.business_date, g.processed, g.accrued_interest, g.accrued_penalty, g.became_overdue,
+        g.non_accrual_started, g.written_off, g.chunks, g.remaining, g.buckets,
+        g.classifications, g.finished,
+    )]
     return [
         shard_id, diff.next_seq, epoch, _rows(customers), _rows(applications), _rows(loans),
         _rows(repayments), _rows(lines), _rows(balances), _rows(idempotency),
-        _rows(diff.partner_refs), _rows(reviews), _rows(audit),
+        _rows(diff.partner_refs), _rows(reviews), _rows(audit), _rows(eod),
     ]
 
 

@@ -1,0 +1,379 @@
+"""End of day (日终批处理, DOMAIN.md §5): the orchestrator of one run per business date.
+
+A run for business date D:
+1. takes the Redis lock `<prefix>eod:lock` (SET NX PX, value "D:<token>", renewed every
+   third of its TTL while the run lives, deleted at the end only if still ours): one run at
+   a time; a second one gets 409 eod_running;
+2. records eod_runs(D, running) and makes every shard host read the business date from
+   Postgres (so a host that missed the last advance is right before it closes anything);
+3. drives every logical shard in parallel (at most `shard_concurrency` chunks in flight per
+   shard host), sending EodStep(D, chunk_loans) through the same router and shard inboxes
+   as partner requests until the shard answers remaining == 0. A chunk commits the loans it
+   closed, their journal entries and the shard's progress row together
+   (lending/shard_state.py, storage/shard_store.py), so a crash loses at most a chunk that
+   had not committed, and a rerun skips every loan already closed for D;
+4. in ONE Postgres transaction: checks that every shard finished D, advances the business
+   date to D + 1 only if it is still D (the fence), and marks the run done with its report,
+   built from the progress rows (exact whatever crashed and resumed in between);
+5. makes every host read the new date, and releases the lock.
+
+Idempotent per date: a run for a date already closed returns the stored report; a run for
+the current date after a crash finishes it without closing any loan twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import date, timedelta
+from typing import Any
+
+import asyncpg
+import msgspec
+import redis.asyncio as aioredis
+
+from cluster.config import EodSettings
+from gateway.http import HttpError
+from gateway.router import Overloaded, ShardRouter
+from lending.commands import EodStep
+from lending.shard_state import EodStepResult
+from storage import cluster_store
+
+log = logging.getLogger("lendcore.eod")
+
+RUNNING = "running"
+DONE = "done"
+RETRY_AFTER_S = 5
+SHARD_RETRY_DEADLINE_S = 120.0  # a shard answering 503 this long fails the run (rerun it)
+SHARD_RETRY_BACKOFF_S = (0.1, 0.2, 0.5, 1.0)
+HOST_SYNC_DEADLINE_S = 120.0
+
+_RESULT = msgspec.json.Decoder(EodStepResult)
+
+# Renew / release only when the lock is still this run's.
+_RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"""
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+ProgressFn = Callable[[int, EodStepResult], None]
+
+
+class EodError(HttpError):
+    """A run refused or failed; rendered by the operator API as is."""
+
+
+def eod_running(holder: str) -> EodError:
+    return EodError(409, "eod_running", f"an end-of-day run is in progress ({holder})",
+                    retry_after_s=RETRY_AFTER_S)
+
+
+class EodRunner:
+    def __init__(
+        self,
+        *,
+        pool: asyncpg.Pool,
+        redis: aioredis.Redis,
+        prefix: str,
+        router: ShardRouter,
+        sync_hosts: Callable[[], Awaitable[None]],
+        settings: EodSettings,
+    ) -> None:
+        self.pool = pool
+        self.redis = redis
+        self.lock_key = f"{prefix}eod:lock"
+        self.router = router
+        self.sync_hosts = sync_hosts
+        self.settings = settings
+
+    # ---- the run ------------------------------------------------------------------------
+
+    async def run(
+        self, requested: date | None = None, progress: ProgressFn | None = None
+    ) -> dict[str, Any]:
+        """Run (or resume) end of day for the current business date, or return the stored
+        report when `requested` is a date already closed."""
+        current = await cluster_store.business_date(self.pool)
+        if requested is not None and requested != current:
+            return await self._closed_report(requested, current)
+        token = f"{current.isoformat()}:{uuid.uuid4().hex}"
+        ttl_ms = int(self.settings.lock_ttl_s * 1000)
+        if not await self.redis.set(self.lock_key, token, nx=True, px=ttl_ms):
+            holder = await self.redis.get(self.lock_key)
+            raise eod_running(holder.decode() if isinstance(holder, bytes) else str(holder))
+        lost = asyncio.Event()
+        renewer = asyncio.create_task(self._renew(token, ttl_ms, lost))
+        try:
+            # Under the lock: the date may have moved while we waited for it.
+            day = await cluster_store.business_date(self.pool)
+            if requested is not None and requested != day:
+                return await self._closed_report(requested, day)
+            return await self._run(day, progress, lost)
+        finally:
+            renewer.cancel()
+            await asyncio.gather(renewer, return_exceptions=True)
+            try:
+                await self.redis.eval(_RELEASE, 1, self.lock_key, token)
+            except (aioredis.RedisError, OSError) as exc:
+                log.warning("eod lock not released (%s); it expires by TTL", exc)
+
+    async def _run(
+        self, day: date, progress: ProgressFn | None, lost: asyncio.Event
+    ) -> dict[str, Any]:
+        started = time.perf_counter()
+        steps: dict[str, float] = {}
+        await self.pool.execute(
+            "INSERT INTO eod_runs (business_date, status) VALUES ($1, $2) "
+            "ON CONFLICT (business_date) DO UPDATE SET attempts = eod_runs.attempts + 1 "
+            "WHERE eod_runs.status <> $3",
+            day, RUNNING, DONE,
+        )
+        log.info("end of day %s: started", day)
+        await self.sync_hosts()
+        steps["sync_hosts_s"] = time.perf_counter() - started
+        mark = time.perf_counter()
+        await self._drive_shards(day, progress, lost)
+        steps["shards_s"] = time.perf_counter() - mark
+        if lost.is_set():
+            raise EodError(503, "unavailable", "the end-of-day lock was lost; run again",
+                           retry_after_s=RETRY_AFTER_S)
+        mark = time.perf_counter()
+        report = await self._advance(day, steps)
+        steps["advance_s"] = time.perf_counter() - mark
+        mark = time.perf_counter()
+        await self.sync_hosts()
+        log.info("end of day %s: done in %.3f s, business date now %s (%s loans)", day,
+                 time.perf_counter() - started, report["next_business_date"],
+                 report["loans_processed"])
+        return report
+
+    async def _renew(self, token: str, ttl_ms: int, lost: asyncio.Event) -> None:
+        while True:
+            await asyncio.sleep(ttl_ms / 3000)
+            try:
+                renewed = await self.redis.eval(
+                    _RENEW, 1, self.lock_key, token, ttl_ms)
+            except (aioredis.RedisError, OSError) as exc:
+                log.warning("eod lock renewal failed (%s)", exc)
+                continue
+            if not renewed:
+                log.error("eod lock %s lost", self.lock_key)
+                lost.set()
+                return
+
+    async def _drive_shards(
+        self, day: date, progress: ProgressFn | None, lost: asyncio.Event
+    ) -> None:
+        slots = {
+            host: asyncio.Semaphore(self.settings.shard_concurrency)
+            for host in set(self.router.shard_hosts)
+        }
+        tasks = [
+            asyncio.create_task(self._drive_shard(
+                shard, day, slots[self.router.shard_hosts[shard]], progress, lost))
+            for shard in range(self.router.logical_shards)
+        ]
+        try:
+            await asyncio.gather(*tasks)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _drive_shard(
+        self, shard: int, day: date, slot: asyncio.Semaphore, progress: ProgressFn | None,
+        lost: asyncio.Event,
+    ) -> None:
+        step = EodStep(day, self.settings.chunk_loans)
+        failing_since: float | None = None
+        attempt = 0
+        while not lost.is_set():
+            async with slot:
+                try:
+                    reply = await self.router.call(shard, step)
+                except Overloaded:
+                    reply = None
+            if reply is not None and reply.status == 200:
+                failing_since, attempt = None, 0
+                result = _RESULT.decode(reply.body)
+                if progress is not None:
+                    progress(shard, result)
+                if result.remaining == 0:
+                    return
+                continue
+            if reply is not None and reply.status not in (409, 503):
+                raise EodError(503, "unavailable",
+                               f"shard {shard} refused end of day {day}: {reply.body!r}",
+                               retry_after_s=RETRY_AFTER_S)
+            # 503 (the host is restarting, or the gateway is full) or 409 (this host has
+            # not read the business date yet): wait, make hosts read it, try again.
+            now = time.monotonic()
+            failing_since = failing_since or now
+            if now - failing_since > SHARD_RETRY_DEADLINE_S:
+                code = "?" if reply is None else reply.code
+                raise EodError(503, "unavailable",
+                               f"shard {shard} did not run end of day {day} ({code}); run again",
+                               retry_after_s=RETRY_AFTER_S)
+            await asyncio.sleep(SHARD_RETRY_BACKOFF_S[min(attempt, 3)])
+            attempt += 1
+            if reply is not None and reply.status == 409:
+                await self.sync_hosts()
+
+    async def _advance(self, day: date, steps: dict[str, float]) -> dict[str, Any]:
+        """The fenced switch to D + 1 and the run's report, in one transaction."""
+        shards = self.router.logical_shards
+        async with self.pool.acquire() as conn, conn.transaction():
+            rows = await conn.fetch(
+                "SELECT * FROM eod_shard_progress WHERE business_date = $1 ORDER BY shard_id",
+                day,
+            )
+            finished = [r for r in rows if r["finished_at"] is not None]
+            if len(finished) != shards:
+                raise EodError(503, "unavailable",
+                               f"{len(finished)} of {shards} shards finished {day}; run again",
+                               retry_after_s=RETRY_AFTER_S)
+            run = await conn.fetchrow(
+                "SELECT started_at, attempts FROM eod_runs WHERE business_date = $1 FOR UPDATE",
+                day,
+            )
+            now = await conn.fetchval("SELECT now()")
+            next_day = day + timedelta(days=1)
+            report = build_report(day, next_day, finished, run, now, steps)
+            advanced = await conn.execute(
+                "UPDATE cluster_meta SET value = $2 WHERE key = 'business_date' AND value = $1",
+                day.isoformat(), next_day.isoformat(),
+            )
+            if advanced != "UPDATE 1":
+                raise EodError(409, "invalid_state",
+                               f"the business date is no longer {day}: another run closed it")
+            await conn.execute(
+                "UPDATE eod_runs SET status = $2, finished_at = $3, report = $4::jsonb "
+                "WHERE business_date = $1",
+                day, DONE, now, msgspec.json.encode(report).decode(),
+            )
+        return report
+
+    async def _closed_report(self, requested: date, current: date) -> dict[str, Any]:
+        if requested > current:
+            raise EodError(409, "invalid_state",
+                           f"the business date is {current}: {requested} cannot run yet",
+                           "business_date")
+        report = await self.pool.fetchval(
+            "SELECT report FROM eod_runs WHERE business_date = $1 AND status = $2",
+            requested, DONE,
+        )
+        if report is None:
+            raise EodError(404, "not_found", f"no end-of-day report for {requested}",
+                           "business_date")
+        result: dict[str, Any] = msgspec.json.decode(report)
+        return result
+
+    # ---- what operators watch -----------------------------------------------------------
+
+    async def status(self) -> dict[str, Any]:
+        """The current (or last) run: status and per-shard progress, from Postgres."""
+        business_date = await cluster_store.business_date(self.pool)
+        run = await self.pool.fetchrow(
+            "SELECT business_date, status, started_at, finished_at, attempts, report "
+            "FROM eod_runs ORDER BY business_date DESC LIMIT 1"
+        )
+        try:
+            holder = await self.redis.get(self.lock_key)
+        except (aioredis.RedisError, OSError):
+            holder = None
+        body: dict[str, Any] = {
+            "business_date": business_date.isoformat(),
+            "running": holder is not None,
+            "run": None,
+        }
+        if run is None:
+            return body
+        rows = {
+            r["shard_id"]: r for r in await self.pool.fetch(
+                "SELECT shard_id, processed, remaining, chunks, finished_at "
+                "FROM eod_shard_progress WHERE business_date = $1", run["business_date"])
+        }
+        shards = []
+        for shard in range(self.router.logical_shards):
+            row = rows.get(shard)
+            processed = int(row["processed"]) if row else 0
+            shards.append({
+                "shard_id": shard,
+                "processed": processed,
+                "total": processed + int(row["remaining"]) if row else None,
+                "chunks": int(row["chunks"]) if row else 0,
+                "done": bool(row and row["finished_at"] is not None),
+            })
+        known = [s for s in shards if s["total"] is not None]
+        body["run"] = {
+            "business_date": run["business_date"].isoformat(),
+            "status": run["status"],
+            "attempts": int(run["attempts"]),
+            "started_at": run["started_at"].isoformat(),
+            "finished_at": run["finished_at"].isoformat() if run["finished_at"] else None,
+            "shards_done": sum(1 for s in shards if s["done"]),
+            "shards_total": len(shards),
+            "loans_processed": sum(s["processed"] for s in shards),
+            "loans_total": sum(s["total"] for s in known) if len(known) == len(shards) else None,
+            "shards": shards,
+            "report": msgspec.json.decode(run["report"]) if run["report"] else None,
+        }
+        return body
+
+
+def build_report(
+    day: date, next_day: date, rows: list[Any], run: Any, now: Any, steps: dict[str, float]
+) -> dict[str, Any]:
+    """The run report from the finished progress rows (one per shard)."""
+    def total(column: str) -> int:
+        return sum(int(r[column]) for r in rows)
+
+    def merged(column: str) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for r in rows:
+            for key, value in msgspec.json.decode(r[column] or "{}").items():
+                counts[key] = counts.get(key, 0) + int(value)
+        return dict(sorted(counts.items()))
+
+    return {
+        "business_date": day.isoformat(),
+        "next_business_date": next_day.isoformat(),
+        "loans_processed": total("processed"),
+        "accrued_interest": total("accrued_interest"),
+        "accrued_penalty": total("accrued_penalty"),
+        "transitions": {
+            "became_overdue": total("became_overdue"),
+            "non_accrual_started": total("non_accrual_started"),
+            "written_off": total("written_off"),
+        },
+        "buckets": merged("buckets"),
+        "classifications": merged("classifications"),
+        "shards": [
+            {
+                "shard_id": int(r["shard_id"]),
+                "processed": int(r["processed"]),
+                "chunks": int(r["chunks"]),
+                "accrued_interest": int(r["accrued_interest"]),
+                "accrued_penalty": int(r["accrued_penalty"]),
+                "became_overdue": int(r["became_overdue"]),
+                "duration_s": round((r["finished_at"] - r["started_at"]).total_seconds(), 3),
+            }
+            for r in rows
+        ],
+        "steps": {name: round(seconds, 3) for name, seconds in steps.items()},
+        "attempts": int(run["attempts"]) if run else 1,
+        "started_at": run["started_at"].isoformat() if run else None,
+        "finished_at": now.isoformat(),
+        "duration_s": round((now - run["started_at"]).total_seconds(), 3) if run else None,
+    }
