@@ -31,6 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--config", type=Path)
     bench.add_argument("--loans", type=int, default=None, help="loans to seed")
     bench.add_argument("--duration", type=float, default=None, help="seconds per phase")
+    bench.add_argument("--eod", type=int, default=None, metavar="N",
+                       help="instead of the load phases: seed N loans, time one end of day")
     rules = commands.add_parser("rules", help="risk rules: `lendcore rules check [--dir DIR]`")
     rules_commands = rules.add_subparsers(dest="rules_command", required=True)
     rules_check = rules_commands.add_parser(
@@ -45,6 +47,12 @@ def main(argv: list[str] | None = None) -> int:
                      help="an admin token (default: $LENDCORE_OPS_TOKEN, else the dev admin)")
     eod.add_argument("--business-date", default=None,
                      help="YYYY-MM-DD: a closed date prints its stored report")
+    seed = commands.add_parser(
+        "seed", help="bulk-create N active loans of partner demo through the operator API")
+    seed.add_argument("--loans", type=int, required=True)
+    seed.add_argument("--ops-url", default="http://127.0.0.1:8081")
+    seed.add_argument("--token", default=None,
+                      help="an admin token (default: $LENDCORE_OPS_TOKEN, else the dev admin)")
     args = parser.parse_args(argv)
     if args.command == "up":
         from cluster.up import run
@@ -53,6 +61,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "test":
         return run_tests(args.pytest_args)
     if args.command == "bench":
+        if args.eod is not None:
+            from loadtests.bench import run_eod_bench
+
+            return run_eod_bench(args.config, args.eod)
         from loadtests.bench import run_bench
 
         return run_bench(args.config, quick=args.quick, loans=args.loans, duration=args.duration)
@@ -60,6 +72,10 @@ def main(argv: list[str] | None = None) -> int:
         from cluster.eod_cli import main as eod_main
 
         return eod_main(args.ops_url, args.token, args.business_date)
+    if args.command == "seed":
+        from cluster.seed_cli import main as seed_main
+
+        return seed_main(args.ops_url, args.token, args.loans)
     if args.command == "rules":
         from cluster.rules_cli import run as run_rules
 

@@ -37,6 +37,7 @@ from gateway.redis_batch import ScriptBatcher
 from gateway.reviews import ReviewDesk
 from gateway.router import HostChannel, ShardRouter
 from gateway.screening import Screener
+from gateway.seeding import Seeder
 from lending.chart import load_chart
 from lending.decision import RiskPolicy
 from lending.products import load_catalog
@@ -230,6 +231,7 @@ class System:
                 page_max=s.review.page_max,
             ),
             eod=self.eod,
+            seeder=Seeder(pool=self._pool, router=self.router),
         )
         for app, host, port in (
             (partner, s.gateway.api_host, s.gateway.api_port),

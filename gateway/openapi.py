@@ -393,6 +393,10 @@ def build_openapi() -> bytes:
                     "(admin); body {} or {\"business_date\": \"YYYY-MM-DD\"}: a closed date "
                     "answers its stored report", errors=(400, 401, 403, 404, 409, 503)),
             },
+            "/ops/seed": {"post": _ops_operation(
+                "Bulk-create {\"loans\": N} (1..10,000,000) active loans of partner demo for "
+                "benchmarks and demos (admin); answers loans, seconds, business_date, "
+                "partner_id, sample_loan_ids", errors=(400, 401, 403, 413, 503))},
             "/ops/applications/{application_id}": {"get": _ops_operation(
                 "An application with its decision trace (which rule-set versions ran, which "
                 "rules fired, score and breakdown, tier, limit): why it was decided so. From "

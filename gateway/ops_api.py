@@ -57,6 +57,19 @@ class EodService(Protocol):
     async def status(self) -> dict[str, Any]: ...
 
 
+class SeedService(Protocol):
+    """Bulk seeding as the operator API uses it (gateway/seeding.py Seeder)."""
+
+    async def seed(self, loans: int) -> dict[str, Any]: ...
+
+
+class SeedIn(msgspec.Struct, forbid_unknown_fields=True):
+    loans: Any = None  # 1..10,000,000; validated by the seeder
+
+
+_SEED_IN = msgspec.json.Decoder(SeedIn)
+
+
 class EodIn(msgspec.Struct, forbid_unknown_fields=True):
     business_date: Any = None  # "YYYY-MM-DD": the date to run, or a closed date's report
 
@@ -134,8 +147,10 @@ class OpsApi:
         blacklist: Blacklist,
         reviews: ReviewDesk | None = None,
         eod: EodService | None = None,
+        seeder: SeedService | None = None,
     ) -> None:
         self.eod = eod
+        self.seeder = seeder
         self.operators = operators
         self.reviews = reviews
         self.vault = vault
@@ -209,6 +224,8 @@ class OpsApi:
             return await self.reviews.handle(scope, receive, self._authorise)
         if path == "/ops/eod" and self.eod is not None:
             return await self._eod(scope, receive, method)
+        if path == "/ops/seed" and self.seeder is not None and method == "POST":
+            return await self._seed(scope, receive)
         if method != "GET":
             raise HttpError(404, "not_found", f"no route {method} {path}")
         query = query_params(scope)
@@ -277,6 +294,33 @@ class OpsApi:
                             f"end of day failed ({type(exc).__name__}); run it again",
                             retry_after_s=5) from exc
         return "eod_run", JSON.encode(report)
+
+    # ---- seeding (admin only: an operator's bulk tool for benchmarks and demos) ----------
+
+    async def _seed(self, scope: Scope, receive: Receive) -> tuple[str, bytes]:
+        assert self.seeder is not None
+        operator = self._authorise(scope, "admin")
+        try:
+            raw = await read_body(scope, receive, OPS_BODY_MAX_BYTES)
+        except BodyTooLarge as exc:
+            raise HttpError(413, "payload_too_large",
+                            f"bodies are limited to {OPS_BODY_MAX_BYTES} bytes") from exc
+        try:
+            body = _SEED_IN.decode(raw)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            raise invalid(exc) from exc
+        if isinstance(body.loans, bool) or not isinstance(body.loans, int):
+            raise HttpError(400, "invalid_request", "loans must be an integer", "loans")
+        log.info("seed of %s loans by %s", body.loans, operator.name)
+        try:
+            result = await self.seeder.seed(body.loans)
+        except HttpError:
+            raise
+        except Exception as exc:  # Postgres or a host down: part of the seed may be in
+            log.exception("seed failed")
+            raise HttpError(503, "unavailable", f"seed failed ({type(exc).__name__})",
+                            retry_after_s=5) from exc
+        return "seed", JSON.encode(result)
 
     # ---- blacklists (risk_officer writes, every role reads; each write audited) ----------
 

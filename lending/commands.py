@@ -114,12 +114,28 @@ class EodStep(msgspec.Struct, frozen=True, tag="eod_step"):
     max_loans: int
 
 
+SEED_MAX_PER_COMMAND = 5000
+
+
+class SeedLoans(msgspec.Struct, frozen=True, tag="seed_loans"):
+    """An operator's bulk tool (`lendcore seed`, POST /ops/seed): the shard creates `count`
+    (1..SEED_MAX_PER_COMMAND) customers, approved applications and booked, disbursed loans
+    of its own for `partner_id`, varied over the catalog's products by `seed`, in ONE
+    commit. No idempotency key: a retry after an unknown outcome may seed twice, which a
+    seed tolerates. Refused (409 invalid_state) unless `business_date` is the shard's."""
+
+    count: int
+    seed: int
+    business_date: date
+    partner_id: str = "demo"
+
+
 Command = (
     SubmitApplication | BookLoan | Repay | GetLoan | GetPayoff | GetApplication | GetCustomer
-    | ReviewDecision | EodStep
+    | ReviewDecision | EodStep | SeedLoans
 )
 WRITE_COMMANDS = (SubmitApplication, BookLoan, Repay)  # partner writes: idempotency-keyed
-OPS_WRITE_COMMANDS = (ReviewDecision, EodStep)  # operator writes: no idempotency key
+OPS_WRITE_COMMANDS = (ReviewDecision, EodStep, SeedLoans)  # operator writes: no idempotency key
 
 
 class Envelope(msgspec.Struct, frozen=True, array_like=True):

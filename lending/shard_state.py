@@ -9,6 +9,8 @@ state exactly as it was (TigerBeetle's prefetch / commit split).
 
 from __future__ import annotations
 
+import hashlib
+import random
 from datetime import date, timedelta
 from typing import Any
 
@@ -17,6 +19,7 @@ import msgspec
 from lending import ledger, views
 from lending.apr import apr_bps, schedule_payments
 from lending.commands import (
+    SEED_MAX_PER_COMMAND,
     BookLoan,
     Command,
     EodStep,
@@ -27,6 +30,7 @@ from lending.commands import (
     Repay,
     Reply,
     ReviewDecision,
+    SeedLoans,
     SubmitApplication,
     error_reply,
 )
@@ -42,7 +46,7 @@ from lending.loans import (
     payoff_quote,
 )
 from lending.origination import ApplicationInput, CustomerSnapshot, DecisionTrace, decide
-from lending.products import ProductCatalog
+from lending.products import Product, ProductCatalog
 from lending.riskbook import RiskBook
 from lending.schedules import build_schedule
 
@@ -378,6 +382,8 @@ def _apply_one(batch: _Batch, command: Command) -> Reply:
         return _review_decision(batch, command)
     if isinstance(command, EodStep):
         return _eod_step(batch, command)
+    if isinstance(command, SeedLoans):
+        return _seed_loans(batch, command)
     if isinstance(command, GetApplication):
         app = batch.application(command.application_id)
         if app is None or app.partner_id != command.partner_id:
@@ -939,3 +945,105 @@ def _eod_step(batch: _Batch, cmd: EodStep) -> Reply:
         book_buckets=book_buckets, book_classifications=book_classes,
     )
     return Reply(200, views.encode(body))
+
+
+# ---- seeding (`lendcore seed`, POST /ops/seed) -----------------------------------------------
+# Bulk-creates realistic active loans for benchmarks and demos without N HTTP calls: the
+# same rows a SubmitApplication + BookLoan pair writes (customer, approved application with
+# its partner reference, loan, disbursement journal entry through `batch.post`), in the
+# shard's one fenced commit. No personal data is invented: a seeded customer has NO
+# ciphertext (empty bytes), masked fields that are visibly placeholders, and an id_hash
+# derived from (shard, sequence) under a "lendcore-seed" label, which no keyed hash of a
+# real ID number can equal.
+
+SEED_PURPOSE = "seed"
+SEED_MERCHANTS = 50
+SEED_AMOUNT_STEP = 100000  # 1,000 CNY steps, so the APR of a (product, amount, term, rate)
+SEED_AMOUNT_CAP = 3000000  # repeats and is computed once per command
+SEED_RATE_STEP_BPS = 200
+
+
+class SeedResult(msgspec.Struct, frozen=True):
+    shard_id: int
+    loans: int
+    sample_loan_ids: list[str]
+
+
+def seed_id_hash(shard_id: int, seq: int) -> str:
+    """The id_hash of a seeded customer: deterministic, and never a real applicant's."""
+    return hashlib.sha256(f"lendcore-seed:{shard_id}:{seq}".encode()).hexdigest()
+
+
+def _seed_terms(rng: random.Random, products: list[Product]) -> tuple[Product, int, int, int]:
+    product = rng.choice(products)
+    top = min(product.amount_max, SEED_AMOUNT_CAP)
+    steps = max(0, (top - product.amount_min) // SEED_AMOUNT_STEP)
+    amount = product.amount_min + SEED_AMOUNT_STEP * rng.randint(0, steps)
+    term = rng.choice(product.terms)
+    rates = range(product.rate_min_bps, product.rate_max_bps + 1, SEED_RATE_STEP_BPS)
+    rate = rng.choice(rates) if len(rates) else product.default_rate_bps
+    return product, amount, term, rate
+
+
+def _seed_loans(batch: _Batch, cmd: SeedLoans) -> Reply:
+    ctx = batch.ctx
+    if cmd.business_date != ctx.business_date:
+        return error_reply(
+            409, "invalid_state",
+            f"seed for {cmd.business_date} is not for this shard's business date "
+            f"{ctx.business_date}", "business_date",
+        )
+    if not 1 <= cmd.count <= SEED_MAX_PER_COMMAND:
+        return error_reply(400, "invalid_request",
+                           f"count must be in 1..{SEED_MAX_PER_COMMAND}", "count")
+    products = sorted(
+        (p for p in ctx.catalog.latest() if p.funding_model in FUNDING_BOOKS),
+        key=lambda p: p.code,
+    )
+    if not products:
+        return error_reply(422, "invalid_request", "no self-funded product to seed")
+    day = ctx.business_date
+    rng = random.Random(f"{cmd.seed}:{batch.state.shard_id}:{batch.diff.next_seq}")
+    aprs: dict[tuple[str, int, int, int], int] = {}
+    sample: list[str] = []
+    for _ in range(cmd.count):
+        product, amount, term, rate = _seed_terms(rng, products)
+        customer_seq = batch.diff.next_seq
+        customer = Customer(
+            customer_id=batch.new_id("customer"),
+            id_hash=seed_id_hash(batch.state.shard_id, customer_seq),
+            id_number_enc=b"", name_enc=b"", phone_enc=b"",
+            id_number_masked="SEED**********0000", name_masked="测*",
+            phone_masked="000****0000",
+            partner_ids=[cmd.partner_id],
+            credit_limit=amount,
+            loan_ids=[],
+            created_on=day,
+        )
+        key = (product.code, amount, term, rate)
+        apr = aprs.get(key)
+        if apr is None:
+            schedule = build_schedule(product.repayment_method, amount, rate, term, day,
+                                      product.monthly_fee_bps)
+            apr = aprs[key] = apr_bps(amount, schedule_payments(schedule, term))
+        app_id = batch.new_id("application")
+        merchant = (f"SEED-M{rng.randrange(SEED_MERCHANTS):03d}"
+                    if product.payment_mode == "entrusted" else None)
+        app = Application(
+            application_id=app_id, partner_id=cmd.partner_id,
+            partner_application_id=f"SEED-{app_id}", customer_id=customer.customer_id,
+            product_code=product.code, product_version=product.version,
+            amount=amount, term=term, status=APPROVED, reasons=[],
+            approved_amount=amount, annual_rate_bps=rate, apr_bps=apr, credit_limit=amount,
+            expires_on=day + timedelta(days=ctx.policy.offer_valid_days), created_on=day,
+            merchant_id=merchant, purpose=SEED_PURPOSE, device_id="", ip="",
+        )
+        loan = _new_loan(batch, app)
+        batch.post(loan, loan.loan_id, disbursement_posting(loan))
+        batch.diff.loans[loan.loan_id] = loan
+        batch.put_application(msgspec.structs.replace(app, loan_id=loan.loan_id))
+        batch.put_customer(msgspec.structs.replace(customer, loan_ids=[loan.loan_id]))
+        batch.take_ref((cmd.partner_id, REF_APPLICATION, app.partner_application_id), app_id)
+        if len(sample) < 5:
+            sample.append(loan.loan_id)
+    return Reply(200, views.encode(SeedResult(batch.state.shard_id, cmd.count, sample)))

@@ -461,3 +461,88 @@ def run_bench(
     print(" ".join(parts), flush=True)
     healthy = figures["errors"] == 0 and figures["app_not_approved"] == 0
     return 0 if balanced and exit_code == 0 and healthy else 1
+
+
+# ---- `lendcore bench --eod N`: bulk seed, then one end of day --------------------------------
+
+
+def shard_host_rss(root_pid: int) -> tuple[int, int]:
+    """(bytes, processes): resident memory of the shard-host actors started by `root_pid`
+    (`lendcore up`; its Ray workers are its descendants, so another system's are not)."""
+    total = count = 0
+    try:
+        children = psutil.Process(root_pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return 0, 0
+    for child in children:
+        try:
+            info = child.as_dict(["name", "cmdline"])
+            child.info = info  # what _role reads
+            if _role(child) == "shard_hosts":
+                total += child.memory_info().rss
+                count += 1
+        except psutil.Error:
+            continue
+    return total, count
+
+
+def _ops_post(ops_port: int, path: str, body: dict[str, object]) -> httpx.Response:
+    return httpx.post(
+        f"http://127.0.0.1:{ops_port}{path}", json=body,
+        headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=3600,
+    )
+
+
+def run_eod_bench(config_file: Path | None, loans: int) -> int:
+    """Seed `loans` through POST /ops/seed on a fresh system, then time one POST /ops/eod.
+    Prints seed_s, seed_loans_per_s, host_rss_bytes_per_loan, eod_s, eod_loans_per_s and
+    the trial balance check; exit code non-zero only when something failed."""
+    figures: dict[str, object] = {"loans": loans}
+    ok = True
+    with ExitStack() as stack:
+        workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="lendcore-bench-")))
+        pg_dsn, redis_url = _services(stack, workdir)
+        process, _, ops_port, ready_s = _start_system(
+            stack, config_file, pg_dsn, redis_url, workdir
+        )
+        figures["up_ready_s"] = round(ready_s, 1)
+        print(f"up_ready_s={ready_s:.1f}", flush=True)
+        rss_before, hosts = shard_host_rss(process.pid)
+        started = time.perf_counter()
+        seeded = _ops_post(ops_port, "/ops/seed", {"loans": loans})
+        seed_s = time.perf_counter() - started
+        if seeded.status_code != 200 or seeded.json().get("loans") != loans:
+            print(f"seed failed: HTTP {seeded.status_code}: {seeded.text[:500]}", flush=True)
+            ok = False
+        rss_after, _ = shard_host_rss(process.pid)
+        figures.update({
+            "seed_s": round(seed_s, 2), "seed_loans_per_s": round(loans / seed_s),
+            "shard_hosts": hosts, "host_rss_before_mb": round(rss_before / 2**20),
+            "host_rss_after_mb": round(rss_after / 2**20),
+            "host_rss_bytes_per_loan": round((rss_after - rss_before) / loans),
+        })
+        print(" ".join(f"{k}={figures[k]}" for k in (
+            "seed_s", "seed_loans_per_s", "host_rss_before_mb", "host_rss_after_mb",
+            "host_rss_bytes_per_loan")), flush=True)
+        eod_s = 0.0
+        processed = 0
+        if ok:
+            started = time.perf_counter()
+            eod = _ops_post(ops_port, "/ops/eod", {})
+            eod_s = time.perf_counter() - started
+            if eod.status_code == 200:
+                processed = int(eod.json()["loans_processed"])
+            else:
+                print(f"eod failed: HTTP {eod.status_code}: {eod.text[:500]}", flush=True)
+            ok = ok and eod.status_code == 200 and processed == loans
+        rss_eod, _ = shard_host_rss(process.pid)
+        figures.update({
+            "eod_s": round(eod_s, 2), "eod_loans_per_s": round(processed / eod_s) if eod_s else 0,
+            "eod_loans_processed": processed, "host_rss_after_eod_mb": round(rss_eod / 2**20),
+        })
+        print(f"eod_s={eod_s:.2f} eod_loans_per_s={figures['eod_loans_per_s']}", flush=True)
+        balanced = _trial_balance_ok(ops_port)
+        exit_code = _stop(process)
+    figures.update({"balanced": str(balanced).lower(), "up_exit": exit_code})
+    print(" ".join(f"{k}={v}" for k, v in figures.items()), flush=True)
+    return 0 if ok and balanced and exit_code == 0 else 1

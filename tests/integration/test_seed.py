@@ -1,0 +1,74 @@
+"""Bulk seeding on the real system (POST /ops/seed, gateway/seeding.py): the seeded loans
+are the partner `demo`'s and readable through the partner API, the books reconcile and
+balance, one end of day closes every one of them; admin only; bounds refused with 400.
+
+On a system of its own: the end of day advances the business date."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import httpx
+import pytest
+from conftest import RunningSystem, fresh_system
+from factories import get_loan, ops_auth, reconciliation, trial_balance
+
+OFFICER_TOKEN = "dev-officer2-token-change-me"  # risk_officer only, not admin
+
+
+@pytest.fixture(scope="module")
+def seed_system(ray_cluster: None) -> Iterator[RunningSystem]:
+    with fresh_system() as running:
+        yield running
+
+
+@pytest.fixture
+def ops_client(seed_system: RunningSystem) -> Iterator[httpx.Client]:
+    client = httpx.Client(base_url=seed_system.system.ops_url, timeout=120)
+    yield client
+    client.close()
+
+
+def test_seed_then_end_of_day(seed_system: RunningSystem, ops_client: httpx.Client) -> None:
+    response = ops_client.post("/ops/seed", json={"loans": 200}, headers=ops_auth())
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["loans"] == 200 and body["seconds"] > 0 and body["partner_id"] == "demo"
+    assert body["sample_loan_ids"]
+    client = seed_system.client("demo")
+    try:
+        for loan_id in body["sample_loan_ids"]:
+            loan = get_loan(client, loan_id)
+            assert loan["loan_id"] == loan_id and loan["status"] == "active"
+            assert loan["outstanding"]["principal"] > 0
+    finally:
+        client.close()
+    other = seed_system.client("demo2")
+    try:
+        assert other.get(f"/v1/loans/{body['sample_loan_ids'][0]}").status_code == 404
+    finally:
+        other.close()
+    report = reconciliation(ops_client)
+    assert report["reconciled"] and report["loans_checked"] >= 200, report
+    trial_balance(ops_client)
+    eod = ops_client.post("/ops/eod", json={}, headers=ops_auth())
+    assert eod.status_code == 200, eod.text
+    assert eod.json()["loans_processed"] == 200
+    assert reconciliation(ops_client)["reconciled"]
+    trial_balance(ops_client)
+
+
+@pytest.mark.parametrize("body", [{"loans": 0}, {"loans": 10_000_001}, {"loans": "5"},
+                                  {"loans": True}, {}, {"loans": 5, "x": 1}])
+def test_bounds_are_400(ops_client: httpx.Client, body: dict[str, object]) -> None:
+    response = ops_client.post("/ops/seed", json=body, headers=ops_auth())
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["code"] == "invalid_request"
+
+
+def test_admin_only(ops_client: httpx.Client) -> None:
+    assert ops_client.post("/ops/seed", json={"loans": 1}).status_code == 401
+    assert ops_client.post("/ops/seed", json={"loans": 1},
+                           headers=ops_auth("nope")).status_code == 401
+    assert ops_client.post("/ops/seed", json={"loans": 1},
+                           headers=ops_auth(OFFICER_TOKEN)).status_code == 403
