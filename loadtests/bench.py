@@ -52,6 +52,7 @@ from cluster.config import PROJECT_ROOT, load_settings
 from cluster.services import start_embedded_postgres, start_embedded_redis
 from gateway.signing import signed_headers
 from lending.identity import make_id_number
+from loadtests.client import PartnerClient
 from loadtests.httpload import Connection, LoadResult, build_request, run_load
 
 PARTNER = "demo"
@@ -466,24 +467,61 @@ def run_bench(
 # ---- `lendcore bench --eod N`: bulk seed, then one end of day --------------------------------
 
 
+def _shard_host_processes(root_pid: int) -> list[psutil.Process]:
+    try:
+        children = psutil.Process(root_pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+    hosts = []
+    for child in children:
+        try:
+            child.info = child.as_dict(["name", "cmdline"])  # what _role reads
+            if _role(child) == "shard_hosts":
+                hosts.append(child)
+        except psutil.Error:
+            continue
+    return hosts
+
+
 def shard_host_rss(root_pid: int) -> tuple[int, int]:
     """(bytes, processes): resident memory of the shard-host actors started by `root_pid`
     (`lendcore up`; its Ray workers are its descendants, so another system's are not)."""
     total = count = 0
-    try:
-        children = psutil.Process(root_pid).children(recursive=True)
-    except psutil.NoSuchProcess:
-        return 0, 0
-    for child in children:
+    for host in _shard_host_processes(root_pid):
         try:
-            info = child.as_dict(["name", "cmdline"])
-            child.info = info  # what _role reads
-            if _role(child) == "shard_hosts":
-                total += child.memory_info().rss
-                count += 1
+            total += host.memory_info().rss
+            count += 1
         except psutil.Error:
             continue
     return total, count
+
+
+RECOVERY_DEADLINE_S = 120.0
+
+
+def measure_recovery(root_pid: int, api_port: int, sample_loan_ids: list[str]) -> float:
+    """SIGKILL the biggest shard-host process (Ray restarts the actor, which reloads its
+    shards from Postgres on the next call) and time until every sample loan, on every shard,
+    is served again through the partner API."""
+    hosts = _shard_host_processes(root_pid)
+    if not hosts or not sample_loan_ids:
+        raise RuntimeError("recovery: no shard-host process or no sample loan to read")
+    victim = max(hosts, key=lambda p: p.memory_info().rss)
+    client = PartnerClient(f"http://127.0.0.1:{api_port}", timeout_s=RECOVERY_DEADLINE_S)
+    try:
+        started = time.perf_counter()
+        victim.kill()
+        waiting = list(sample_loan_ids)
+        while waiting:
+            if time.perf_counter() - started > RECOVERY_DEADLINE_S:
+                raise RuntimeError(f"recovery: {waiting} not served after "
+                                   f"{RECOVERY_DEADLINE_S:.0f} s")
+            waiting = [i for i in waiting if client.get(f"/v1/loans/{i}").status_code != 200]
+            if waiting:
+                time.sleep(0.05)
+        return time.perf_counter() - started
+    finally:
+        client.close()
 
 
 def _ops_post(ops_port: int, path: str, body: dict[str, object]) -> httpx.Response:
@@ -495,14 +533,15 @@ def _ops_post(ops_port: int, path: str, body: dict[str, object]) -> httpx.Respon
 
 def run_eod_bench(config_file: Path | None, loans: int) -> int:
     """Seed `loans` through POST /ops/seed on a fresh system, then time one POST /ops/eod.
-    Prints seed_s, seed_loans_per_s, host_rss_bytes_per_loan, eod_s, eod_loans_per_s and
-    the trial balance check; exit code non-zero only when something failed."""
+    Prints seed_s, seed_loans_per_s, host_rss_bytes_per_loan, eod_s, eod_loans_per_s,
+    recovery_s (a shard host SIGKILLed: until every sample loan is served again) and the
+    trial balance check; exit code non-zero only when something failed."""
     figures: dict[str, object] = {"loans": loans}
     ok = True
     with ExitStack() as stack:
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="lendcore-bench-")))
         pg_dsn, redis_url = _services(stack, workdir)
-        process, _, ops_port, ready_s = _start_system(
+        process, api_port, ops_port, ready_s = _start_system(
             stack, config_file, pg_dsn, redis_url, workdir
         )
         figures["up_ready_s"] = round(ready_s, 1)
@@ -541,6 +580,14 @@ def run_eod_bench(config_file: Path | None, loans: int) -> int:
             "eod_loans_processed": processed, "host_rss_after_eod_mb": round(rss_eod / 2**20),
         })
         print(f"eod_s={eod_s:.2f} eod_loans_per_s={figures['eod_loans_per_s']}", flush=True)
+        if ok:
+            # A killed shard host owning loans / hosts loans: how long until it serves again.
+            recovery_s = measure_recovery(
+                process.pid, api_port, seeded.json().get("sample_loan_ids", []))
+            figures.update({"recovery_s": round(recovery_s, 2),
+                            "recovery_host_loans": loans // max(hosts, 1)})
+            print(f"recovery_s={recovery_s:.2f} recovery_host_loans="
+                  f"{figures['recovery_host_loans']}", flush=True)
         balanced = _trial_balance_ok(ops_port)
         exit_code = _stop(process)
     figures.update({"balanced": str(balanced).lower(), "up_exit": exit_code})
