@@ -43,6 +43,7 @@ from lending.loans import (
     bucket_of,
     copy_loan,
     days_past_due,
+    derecognise,
     recognise,
     unpaid_principal_by_class,
 )
@@ -206,9 +207,9 @@ def _classify(
     transitions: list[ledger.Posting | None] = []
     writing_off = loan.written_off_on is None and loan.dpd > policy.write_off_dpd
     if not loan.non_accrual and (loan.dpd > policy.non_accrual_dpd or writing_off):
-        transitions.append(_move_income_off_balance(loan))
+        transitions.append(_switch_accrual(loan, non_accrual=True))
     elif loan.non_accrual and loan.dpd == 0 and loan.written_off_on is None:
-        transitions.append(_move_income_on_balance(loan))
+        transitions.append(_switch_accrual(loan, non_accrual=False))
     if writing_off:
         transitions.append(_write_off(loan, next_day))
     postings.extend(p for p in transitions if p is not None)
@@ -229,29 +230,17 @@ def _unpaid_income(loan: Loan) -> tuple[int, int, int]:
     return interest, penalty, fee
 
 
-def _move_income_off_balance(loan: Loan) -> ledger.Posting | None:
-    """非应计: reverse recognised-unpaid income out of the P&L into the memo accounts."""
-    interest, penalty, fee = _unpaid_income(loan)
-    builder = PostingBuilder(ledger.NON_ACCRUAL)
-    builder.move(ledger.INTEREST_INCOME, ledger.INTEREST_RECEIVABLE, interest)
-    builder.move(ledger.PENALTY_INCOME, ledger.PENALTY_RECEIVABLE, penalty)
-    builder.move(ledger.FEE_INCOME, ledger.FEE_RECEIVABLE, fee)
-    builder.move(ledger.OFF_BALANCE_INTEREST, ledger.OFF_BALANCE_INTEREST_CONTRA,
-                 interest + penalty + fee)
-    loan.non_accrual = True
-    return _built(builder)
-
-
-def _move_income_on_balance(loan: Loan) -> ledger.Posting | None:
-    """The loan is current again: what is still unpaid returns to the receivables."""
-    interest, penalty, fee = _unpaid_income(loan)
-    builder = PostingBuilder(ledger.ACCRUAL_RESUMED)
-    builder.move(ledger.INTEREST_RECEIVABLE, ledger.INTEREST_INCOME, interest)
-    builder.move(ledger.PENALTY_RECEIVABLE, ledger.PENALTY_INCOME, penalty)
-    builder.move(ledger.FEE_RECEIVABLE, ledger.FEE_INCOME, fee)
-    builder.move(ledger.OFF_BALANCE_INTEREST_CONTRA, ledger.OFF_BALANCE_INTEREST,
-                 interest + penalty + fee)
-    loan.non_accrual = False
+def _switch_accrual(loan: Loan, non_accrual: bool) -> ledger.Posting | None:
+    """非应计 (True): recognised-unpaid interest, penalty and fee leave the P&L for the
+    memo accounts; accrual resumed (False): what is still unpaid returns to the receivables.
+    The same mechanism as every rewrite: derecognise where it sits, recognise where it goes."""
+    unpaid = dict(zip(("interest", "penalty", "fee"), _unpaid_income(loan), strict=True))
+    builder = PostingBuilder(ledger.NON_ACCRUAL if non_accrual else ledger.ACCRUAL_RESUMED)
+    for component, amount in unpaid.items():
+        derecognise(builder, loan, component, amount)
+    loan.non_accrual = non_accrual
+    for component, amount in unpaid.items():
+        recognise(builder, loan, component, amount)
     return _built(builder)
 
 
