@@ -140,6 +140,19 @@ def load_risk_book(directory: Path) -> RiskBook:
     )
 
 
+def _stamp_of(directory: Path) -> tuple[tuple[int, int] | None, ...]:
+    """(mtime_ns, size) of each risk file, None for a missing one: a cheap change detector."""
+    stamps: list[tuple[int, int] | None] = []
+    for name in FILES:
+        try:
+            stat = (directory / f"{name}.toml").stat()
+        except OSError:
+            stamps.append(None)
+            continue
+        stamps.append((stat.st_mtime_ns, stat.st_size))
+    return tuple(stamps)
+
+
 def _fingerprint_or_none(directory: Path) -> str | None:
     try:
         return fingerprint_of(directory)
@@ -159,6 +172,9 @@ class RiskBookReloader:
         self.clock = clock
         self._checked = clock()
         self._rejected: str | None = None  # fingerprint of a broken edit, logged once
+        # current() runs on the shard's write path: a stat of five files tells whether
+        # anything changed; their bytes are read and hashed only when something did.
+        self._stamp = _stamp_of(directory)
         # `lendcore up` refuses a broken directory before anything starts; a host that
         # restarts later (a crash) may find a broken edit left on disk. It then starts
         # without a book: applications answer 503 until the files are fixed (reloaded like
@@ -175,6 +191,10 @@ class RiskBookReloader:
         if now - self._checked < self.interval_s:
             return self.book
         self._checked = now
+        stamp = _stamp_of(self.directory)
+        if stamp == self._stamp:
+            return self.book
+        self._stamp = stamp
         kept = self.book.fingerprint[:12] if self.book is not None else "no book"
         try:
             fingerprint = fingerprint_of(self.directory)
