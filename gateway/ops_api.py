@@ -10,7 +10,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from datetime import date
-from typing import TYPE_CHECKING, Annotated, Any, Protocol
+from typing import TYPE_CHECKING, Annotated, Any, Protocol, TypeVar
 
 import asyncpg
 import msgspec
@@ -68,6 +68,26 @@ class SeedIn(msgspec.Struct, forbid_unknown_fields=True):
 
 
 _SEED_IN = msgspec.json.Decoder(SeedIn)
+
+
+T = TypeVar("T")
+
+
+async def read_ops_body(scope: Scope, receive: Receive) -> bytes:
+    """An operator request's body, bounded (413 beyond OPS_BODY_MAX_BYTES)."""
+    try:
+        return await read_body(scope, receive, OPS_BODY_MAX_BYTES)
+    except BodyTooLarge as exc:
+        raise HttpError(413, "payload_too_large",
+                        f"bodies are limited to {OPS_BODY_MAX_BYTES} bytes") from exc
+
+
+def decode_ops_body(decoder: msgspec.json.Decoder[T], raw: bytes) -> T:
+    """Strict decode of an operator body: 400 invalid_request naming the field."""
+    try:
+        return decoder.decode(raw)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise invalid(exc) from exc
 
 
 class EodIn(msgspec.Struct, forbid_unknown_fields=True):
@@ -271,17 +291,10 @@ class OpsApi:
         if method != "POST":
             raise HttpError(404, "not_found", f"no route {method} /ops/eod")
         self._authorise(scope, "admin")
-        try:
-            raw = await read_body(scope, receive, OPS_BODY_MAX_BYTES)
-        except BodyTooLarge as exc:
-            raise HttpError(413, "payload_too_large",
-                            f"bodies are limited to {OPS_BODY_MAX_BYTES} bytes") from exc
+        raw = await read_ops_body(scope, receive)
         requested = None
         if raw.strip():
-            try:
-                body = _EOD_IN.decode(raw)
-            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-                raise invalid(exc) from exc
+            body = decode_ops_body(_EOD_IN, raw)
             if body.business_date is not None:
                 requested = _iso_date(body.business_date)
         try:
@@ -300,15 +313,7 @@ class OpsApi:
     async def _seed(self, scope: Scope, receive: Receive) -> tuple[str, bytes]:
         assert self.seeder is not None
         operator = self._authorise(scope, "admin")
-        try:
-            raw = await read_body(scope, receive, OPS_BODY_MAX_BYTES)
-        except BodyTooLarge as exc:
-            raise HttpError(413, "payload_too_large",
-                            f"bodies are limited to {OPS_BODY_MAX_BYTES} bytes") from exc
-        try:
-            body = _SEED_IN.decode(raw)
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            raise invalid(exc) from exc
+        body = decode_ops_body(_SEED_IN, await read_ops_body(scope, receive))
         if isinstance(body.loans, bool) or not isinstance(body.loans, int):
             raise HttpError(400, "invalid_request", "loans must be an integer", "loans")
         log.info("seed of %s loans by %s", body.loans, operator.name)
@@ -338,15 +343,7 @@ class OpsApi:
                 {"entries": [e.masked() for e in entries], "total": total})
         if path == "/ops/blacklist" and method == "POST":
             operator = self._authorise(scope, "risk_officer")
-            try:
-                raw = await read_body(scope, receive, OPS_BODY_MAX_BYTES)
-            except BodyTooLarge as exc:
-                raise HttpError(413, "payload_too_large",
-                                f"bodies are limited to {OPS_BODY_MAX_BYTES} bytes") from exc
-            try:
-                body = _BLACKLIST_IN.decode(raw)
-            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-                raise invalid(exc) from exc
+            body = decode_ops_body(_BLACKLIST_IN, await read_ops_body(scope, receive))
             if not body.reason.strip():
                 raise HttpError(400, "invalid_request", "reason must not be blank", "reason")
             value_hash = self._blacklist_value(body.kind, body.value)

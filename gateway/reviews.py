@@ -33,16 +33,13 @@ from redis.exceptions import RedisError
 
 from gateway.http import (
     JSON,
-    BodyTooLarge,
     HttpError,
     Receive,
     Scope,
     choice_param,
-    invalid,
     query_params,
-    read_body,
 )
-from gateway.ops_api import OPS_BODY_MAX_BYTES, _bounded_int
+from gateway.ops_api import _bounded_int, decode_ops_body, read_ops_body
 from gateway.router import Overloaded, ShardRouter
 from lending.commands import ErrorBody, Reply, ReviewDecision
 from lending.shard_state import (
@@ -411,15 +408,7 @@ class ReviewDesk:
 
 
 async def _read_decision(scope: Scope, receive: Receive) -> ReviewDecisionIn:
-    try:
-        raw = await read_body(scope, receive, OPS_BODY_MAX_BYTES)
-    except BodyTooLarge as exc:
-        raise HttpError(413, "payload_too_large",
-                        f"bodies are limited to {OPS_BODY_MAX_BYTES} bytes") from exc
-    try:
-        return _DECISION_IN.decode(raw)
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-        raise invalid(exc) from exc
+    return decode_ops_body(_DECISION_IN, await read_ops_body(scope, receive))
 
 
 def _text(value: bytes | str) -> str:
