@@ -46,6 +46,7 @@ from datetime import date, timedelta
 
 import msgspec
 
+from lending import views
 from lending.daily import ServicingPolicy, close_day
 from lending.ledger import JournalEntry, Posting, make_entry
 from lending.loans import (
@@ -88,6 +89,7 @@ FIGURES = (
     "prepayments",
     "payoffs",
     "close_day",
+    "loan_views",
 )
 TARGETS = ("schedules", "repayments")
 
@@ -272,6 +274,17 @@ def make_close_day_work(loans: Sequence[Loan]) -> Work:
     return close
 
 
+def make_loan_view_work(loans: Sequence[Loan]) -> Work:
+    """The loan view a repayment's reply carries, rendered and encoded as the shard does."""
+    ring = itertools.cycle(loans)
+
+    def render(count: int) -> None:
+        for loan in itertools.islice(ring, count):
+            views.encode(views.loan_view(loan))
+
+    return render
+
+
 def workloads(prepared: Prepared) -> dict[str, Work]:
     """Figure name → work(count); `baseline` included."""
     mixed = [case for pair in zip(prepared.early, prepared.overdue, strict=True)
@@ -286,6 +299,7 @@ def workloads(prepared: Prepared) -> dict[str, Work]:
         "prepayments": make_repay_work(prepared.prepay),
         "payoffs": make_repay_work(prepared.payoff),
         "close_day": make_close_day_work(prepared.before_close),
+        "loan_views": make_loan_view_work(prepared.before_close),
     }
 
 
