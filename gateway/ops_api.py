@@ -165,9 +165,9 @@ class OpsApi:
         common: Callable[[Scope, Receive, Send], Awaitable[bool]],
         vault: PiiVault,
         blacklist: Blacklist,
-        reviews: ReviewDesk | None = None,
-        eod: EodService | None = None,
-        seeder: SeedService | None = None,
+        reviews: ReviewDesk,
+        eod: EodService,
+        seeder: SeedService,
     ) -> None:
         self.eod = eod
         self.seeder = seeder
@@ -240,11 +240,11 @@ class OpsApi:
         method, path = scope["method"], scope["path"]
         if path == "/ops/blacklist" or path.startswith("/ops/blacklist/"):
             return await self._blacklist(scope, receive, method, path)
-        if self.reviews is not None and self.reviews.owns(path):
+        if self.reviews.owns(path):
             return await self.reviews.handle(scope, receive, self._authorise)
-        if path == "/ops/eod" and self.eod is not None:
+        if path == "/ops/eod":
             return await self._eod(scope, receive, method)
-        if path == "/ops/seed" and self.seeder is not None and method == "POST":
+        if path == "/ops/seed" and method == "POST":
             return await self._seed(scope, receive)
         if method != "GET":
             raise HttpError(404, "not_found", f"no route {method} {path}")
@@ -284,7 +284,6 @@ class OpsApi:
     # ---- end of day (admin runs, every role watches) ------------------------------------
 
     async def _eod(self, scope: Scope, receive: Receive, method: str) -> tuple[str, bytes]:
-        assert self.eod is not None
         if method == "GET":
             self._authorise(scope, "viewer")
             return "eod_status", JSON.encode(await self.eod.status())
@@ -311,7 +310,6 @@ class OpsApi:
     # ---- seeding (admin only: an operator's bulk tool for benchmarks and demos) ----------
 
     async def _seed(self, scope: Scope, receive: Receive) -> tuple[str, bytes]:
-        assert self.seeder is not None
         operator = self._authorise(scope, "admin")
         body = decode_ops_body(_SEED_IN, await read_ops_body(scope, receive))
         if isinstance(body.loans, bool) or not isinstance(body.loans, int):
