@@ -24,6 +24,7 @@ from redis.exceptions import RedisError
 
 from actors.core import ShardCore, unavailable
 from lending.chart import load_chart
+from lending.collections import CollectionsPolicy
 from lending.commands import BATCH_DECODER, BATCH_ENCODER, Reply
 from lending.daily import ServicingPolicy
 from lending.decision import RiskPolicy
@@ -51,6 +52,8 @@ class HostConfig(msgspec.Struct, frozen=True):
     lease_claim_ttl_ms: int
     policy: RiskPolicy
     servicing: ServicingPolicy
+    collections: CollectionsPolicy
+    collectors: list[str]  # operators with the collector role
     risk_dir: str = ""  # config/risk: rule sets, scorecard, pricing (hot-reloaded)
 
 
@@ -82,6 +85,7 @@ class ShardHostCore:
         self._context = ApplyContext(
             business_date, catalog, cfg.policy, cfg.servicing,
             risk=self._risk.book if self._risk is not None else None,
+            collections=cfg.collections, collectors=frozenset(cfg.collectors),
         )
         chart = load_chart(Path(cfg.chart_file))
         store = ShardStore(self._pool, self.owner, chart.role_codes())

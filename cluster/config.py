@@ -13,6 +13,7 @@ from typing import Any
 
 import msgspec
 
+from lending.collections import CollectionsPolicy
 from lending.daily import ServicingPolicy
 from lending.screening import SOURCES
 
@@ -153,6 +154,18 @@ class EodSettings(msgspec.Struct, forbid_unknown_fields=True):
     lock_ttl_s: float = 30.0  # the Redis run lock expires this long after its last renewal
 
 
+class OutboxSettings(msgspec.Struct, forbid_unknown_fields=True):
+    """Sending end of day's SMS reminders and withholding requests (cluster/outbox.py)."""
+
+    page_rows: int = 500  # pending requests read per round trip
+    concurrency: int = 32  # requests in flight at once
+    timeout_s: float = 2.0  # one connector call
+    max_attempts: int = 3  # a request still failing after this many sends is failed
+    # Simulators (the development connectors): deterministic from the request id.
+    sms_failure_per_mille: int = 20  # undeliverable messages
+    payment_decline_per_mille: int = 100  # withholdings declined (insufficient balance)
+
+
 class SecuritySettings(msgspec.Struct, forbid_unknown_fields=True):
     pii_key_hex: str = ""
     hash_key_hex: str = ""
@@ -177,6 +190,8 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True):
     connectors: ConnectorSettings = msgspec.field(default_factory=ConnectorSettings)
     review: ReviewSettings = msgspec.field(default_factory=ReviewSettings)
     eod: EodSettings = msgspec.field(default_factory=EodSettings)
+    collections: CollectionsPolicy = msgspec.field(default_factory=CollectionsPolicy)
+    outbox: OutboxSettings = msgspec.field(default_factory=OutboxSettings)
     security: SecuritySettings = msgspec.field(default_factory=SecuritySettings)
     operators: list[OperatorSettings] = msgspec.field(default_factory=list)
 
@@ -273,8 +288,10 @@ def _validate(settings: Settings) -> None:
             raise ConfigError(f"antifraud.{name} must be in 1..1000000000")
     try:
         settings.servicing.validate()
+        settings.collections.validate()
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc
+    _validate_outbox(settings.outbox)
     _validate_connectors(settings.connectors)
     review = settings.review
     if not 1 <= review.claim_ttl_s <= 7 * 86400:
@@ -351,3 +368,17 @@ def load_partner_secrets(path: Path, environ: dict[str, str] | None = None) -> d
         override = env.get(f"LENDCORE_PARTNER_SECRET_{partner_id.upper()}")
         secrets[partner_id] = (override or entry["secret"]).encode()
     return secrets
+
+
+def _validate_outbox(outbox: OutboxSettings) -> None:
+    if not 1 <= outbox.page_rows <= 10000:
+        raise ConfigError("outbox.page_rows must be in 1..10000")
+    if not 1 <= outbox.concurrency <= 1000:
+        raise ConfigError("outbox.concurrency must be in 1..1000")
+    if not 0 < outbox.timeout_s <= 60:
+        raise ConfigError("outbox.timeout_s must be in (0, 60]")
+    if not 1 <= outbox.max_attempts <= 100:
+        raise ConfigError("outbox.max_attempts must be in 1..100")
+    for name in ("sms_failure_per_mille", "payment_decline_per_mille"):
+        if not 0 <= getattr(outbox, name) <= 1000:
+            raise ConfigError(f"outbox.{name} must be in 0..1000")

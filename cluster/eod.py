@@ -89,6 +89,7 @@ class EodRunner:
         router: ShardRouter,
         sync_hosts: Callable[[], Awaitable[None]],
         settings: EodSettings,
+        after_advance: Callable[[], None],
     ) -> None:
         self.pool = pool
         self.redis = redis
@@ -96,6 +97,7 @@ class EodRunner:
         self.router = router
         self.sync_hosts = sync_hosts
         self.settings = settings
+        self.after_advance = after_advance  # starts sending the outbox (cluster/outbox.py)
 
     # ---- the run ------------------------------------------------------------------------
 
@@ -153,6 +155,7 @@ class EodRunner:
         steps["advance_s"] = time.perf_counter() - mark
         mark = time.perf_counter()
         await self.sync_hosts()
+        self.after_advance()
         log.info("end of day %s: done in %.3f s, business date now %s (%s loans)", day,
                  time.perf_counter() - started, report["next_business_date"],
                  report["loans_processed"])

@@ -25,7 +25,9 @@ from actors.host import HostConfig
 from actors.ray_host import ShardHostActor
 from cluster.config import Settings, load_partner_secrets
 from cluster.eod import EodRunner
+from cluster.outbox import Outbox
 from gateway.antifraud import AntiFraud, Blacklist
+from gateway.collections_desk import CollectionsDesk
 from gateway.connectors import ConnectorRunner
 from gateway.guard import RedisGuard
 from gateway.openapi import build_openapi
@@ -91,6 +93,8 @@ class System:
         self.antifraud: AntiFraud | None = None  # what the partner API screens with
         self.connectors: ConnectorRunner | None = None  # external data sources
         self.eod: EodRunner | None = None  # end of day (POST /ops/eod)
+        self.outbox: Outbox | None = None  # sends what end of day planned (SMS, withholding)
+        self._outbox_task: asyncio.Task[Any] | None = None
         self._servers: list[_Server] = []
         self._server_tasks: list[asyncio.Task[None]] = []
         self.api_url = ""
@@ -115,6 +119,7 @@ class System:
         self.router.start()
         await self._start_servers()
         await self._wait_hosts_ready()
+        self.start_outbox_drain()  # what a crash left pending
 
     def host_config(self, host_id: int, shard_ids: list[int]) -> HostConfig:
         s = self.settings
@@ -132,6 +137,8 @@ class System:
             lease_claim_ttl_ms=s.shard.lease_claim_ttl_ms,
             policy=risk_policy(s),
             servicing=s.servicing,
+            collections=s.collections,
+            collectors=sorted(o.name for o in s.operators if "collector" in o.roles),
             risk_dir=str(s.resolve_path(s.paths.risk_dir)),
         )
 
@@ -209,9 +216,12 @@ class System:
             is_ready=self.ready,
             common=common,
         )
+        self.outbox = Outbox(pool=self._pool, router=self.router, vault=vault,
+                             settings=s.outbox)
         self.eod = EodRunner(
             pool=self._pool, redis=self._redis, prefix=s.redis.key_prefix, router=self.router,
             sync_hosts=self.sync_business_date, settings=s.eod,
+            after_advance=self.start_outbox_drain,
         )
         ops = OpsApi(
             operators=[Operator(o.name, o.token, o.roles) for o in s.operators],
@@ -232,6 +242,8 @@ class System:
             ),
             eod=self.eod,
             seeder=Seeder(pool=self._pool, router=self.router),
+            collections=CollectionsDesk(pool=self._pool, router=self.router,
+                                        drain=self.outbox.drain),
         )
         for app, host, port in (
             (partner, s.gateway.api_host, s.gateway.api_port),
@@ -332,11 +344,34 @@ class System:
 
     # ---- stop -----------------------------------------------------------------------------
 
+    def start_outbox_drain(self) -> None:
+        """Send end of day's pending requests in the background (one drain at a time; a
+        drain already running picks up what a newer run planned on its next page)."""
+        if self._outbox_task is not None and not self._outbox_task.done():
+            return
+        assert self.outbox is not None
+        self._outbox_task = asyncio.create_task(self._drain_outbox(self.outbox))
+
+    @staticmethod
+    async def _drain_outbox(outbox: Outbox) -> None:
+        try:
+            counts = await outbox.drain()
+        except (asyncpg.PostgresError, OSError) as exc:
+            # The requests stay pending: the next end of day, a restart or
+            # POST /ops/outbox/drain sends them.
+            log.error("outbox drain failed (%s): requests stay pending", exc)
+            return
+        if counts:
+            log.info("outbox drained: %s", counts)
+
     async def stop(self) -> None:
         """Drain: stop accepting, let in-flight requests finish, stop hosts, close."""
         for server in self._servers:
             server.should_exit = True
         await asyncio.gather(*self._server_tasks, return_exceptions=True)
+        if self._outbox_task is not None:
+            self._outbox_task.cancel()
+            await asyncio.gather(self._outbox_task, return_exceptions=True)
         if self.router is not None:
             await self.router.close()
         if self.connectors is not None:

@@ -46,6 +46,7 @@ from storage import audit, cluster_store
 from storage.applications_store import application_detail
 
 if TYPE_CHECKING:
+    from gateway.collections_desk import CollectionsDesk
     from gateway.reviews import ReviewDesk
 
 
@@ -98,7 +99,7 @@ _EOD_IN = msgspec.json.Decoder(EodIn)
 
 log = logging.getLogger("lendcore.ops")
 
-ROLES = ("viewer", "operator", "risk_officer", "admin")
+ROLES = ("viewer", "operator", "risk_officer", "collector", "admin")
 APPLICATIONS_PREFIX = "/ops/applications/"
 OPS_BODY_MAX_BYTES = 65536
 BLACKLIST_LIST_MAX = 1000
@@ -168,8 +169,10 @@ class OpsApi:
         reviews: ReviewDesk,
         eod: EodService,
         seeder: SeedService,
+        collections: CollectionsDesk,
     ) -> None:
         self.eod = eod
+        self.collections = collections
         self.seeder = seeder
         self.operators = operators
         self.reviews = reviews
@@ -242,6 +245,8 @@ class OpsApi:
             return await self._blacklist(scope, receive, method, path)
         if self.reviews.owns(path):
             return await self.reviews.handle(scope, receive, self._authorise)
+        if self.collections.owns(path):
+            return await self.collections.handle(scope, receive, self._authorise)
         if path == "/ops/eod":
             return await self._eod(scope, receive, method)
         if path == "/ops/seed" and method == "POST":

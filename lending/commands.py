@@ -114,6 +114,35 @@ class EodStep(msgspec.Struct, frozen=True, tag="eod_step"):
     max_loans: int
 
 
+class CaseAction(msgspec.Struct, frozen=True, tag="case_action", omit_defaults=True):
+    """A collector's or a team lead's action on a collection case (贷后催收), sent by the
+    operator gateway after it checked the operator's role: `action` is "assign" (uses
+    `assignee`), "note" (`text`), "contact" (`channel`, `outcome`, `text`) or "promise"
+    (`amount`, `promised_on`). `any_case`: a team lead (role operator) may act on every
+    case; a collector only on the cases assigned to them. No idempotency key: a retried
+    assignment finds it done (409); a retried note or contact may be recorded twice."""
+
+    case_id: str
+    actor: str
+    action: str
+    any_case: bool = False
+    assignee: str = ""
+    text: str = ""
+    channel: str = ""
+    outcome: str = ""
+    amount: int = 0
+    promised_on: date | None = None
+
+
+class QuoteWithholding(msgspec.Struct, frozen=True, tag="quote_withholding"):
+    """What a withholding (代扣) for the installment due on `due_on` would collect now: read
+    by cluster/outbox.py right before it asks the payment connector to debit it."""
+
+    partner_id: str
+    loan_id: str
+    due_on: date
+
+
 SEED_MAX_PER_COMMAND = 5000
 
 
@@ -132,10 +161,11 @@ class SeedLoans(msgspec.Struct, frozen=True, tag="seed_loans"):
 
 Command = (
     SubmitApplication | BookLoan | Repay | GetLoan | GetPayoff | GetApplication | GetCustomer
-    | ReviewDecision | EodStep | SeedLoans
+    | ReviewDecision | EodStep | SeedLoans | CaseAction | QuoteWithholding
 )
 WRITE_COMMANDS = (SubmitApplication, BookLoan, Repay)  # partner writes: idempotency-keyed
-OPS_WRITE_COMMANDS = (ReviewDecision, EodStep, SeedLoans)  # operator writes: no idempotency key
+# operator writes: no idempotency key
+OPS_WRITE_COMMANDS = (ReviewDecision, EodStep, SeedLoans, CaseAction)
 
 
 class Envelope(msgspec.Struct, frozen=True, array_like=True):

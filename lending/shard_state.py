@@ -18,17 +18,21 @@ from typing import Any
 
 import msgspec
 
+from lending import collections as coll
 from lending import ledger, views
 from lending.apr import apr_bps, schedule_payments
+from lending.collections import CaseEvent, CollectionCase, CollectionsPolicy
 from lending.commands import (
     SEED_MAX_PER_COMMAND,
     BookLoan,
+    CaseAction,
     Command,
     EodStep,
     GetApplication,
     GetCustomer,
     GetLoan,
     GetPayoff,
+    QuoteWithholding,
     Repay,
     Reply,
     ReviewDecision,
@@ -38,6 +42,7 @@ from lending.commands import (
 )
 from lending.daily import ServicingPolicy, close_day
 from lending.decision import APPROVED, DECLINED, MANUAL_REVIEW, RiskPolicy
+from lending.guarantee import NO_GUARANTEE, GuaranteePolicy
 from lending.loans import (
     LOAN_PAID_OFF,
     Loan,
@@ -54,6 +59,7 @@ from lending.schedules import build_schedule
 
 ID_PREFIXES = {
     "customer": "CU", "application": "AP", "loan": "LN", "repayment": "RP", "entry": "JE",
+    "case": "CC", "request": "RQ",
 }
 FUNDING_BOOKS = {"self": ledger.OWN_BOOK}
 
@@ -186,6 +192,16 @@ class EodProgress(msgspec.Struct):
     became_overdue: int = 0
     non_accrual_started: int = 0
     written_off: int = 0
+    guarantee_triggers: int = 0
+    cases_opened: int = 0
+    cases_closed: int = 0
+    cases_escalated: int = 0  # bucket changes of open cases
+    promises_kept: int = 0
+    promises_broken: int = 0
+    reminders: int = 0  # planned for the next day (outbox)
+    reminders_suppressed: int = 0  # over a contact-frequency limit: not sent
+    withholdings: int = 0  # requests planned for installments due the next day
+    withholding_amount: int = 0
     chunks: int = 0
     remaining: int = 0
     finished: bool = False
@@ -208,6 +224,45 @@ class EodStepResult(msgspec.Struct, frozen=True):
     classifications: dict[str, int]
     book_buckets: dict[str, int] | None = None  # every open loan of the shard, when done
     book_classifications: dict[str, int] | None = None
+    guarantee_triggers: int = 0
+    cases_opened: int = 0
+    cases_closed: int = 0
+    reminders: int = 0
+    withholdings: int = 0
+
+
+# Kinds of connector requests end of day writes to the outbox (table connector_requests);
+# cluster/outbox.py sends them once the business date has advanced.
+REQUEST_SMS = "sms"
+REQUEST_WITHHOLDING = "withholding"
+
+
+class ConnectorRequest(msgspec.Struct, frozen=True):
+    """A message or a withholding (代扣) to send on `send_on`, written in the commit of the
+    end-of-day chunk that planned it (the outbox pattern: planned exactly once per loan and
+    day, sent at least once, applied exactly once by its id)."""
+
+    request_id: str
+    kind: str
+    created_on: date  # the business date whose end of day planned it
+    send_on: date
+    loan_id: str
+    customer_id: str
+    partner_id: str
+    amount: int
+    template: str = ""  # sms: the message template of the reminder rule
+    case_id: str | None = None
+
+
+class ContactRecord(msgspec.Struct, frozen=True):
+    """One contact with a customer (table contact_log): counted by the frequency limits."""
+
+    customer_id: str
+    contact_on: date
+    channel: str
+    actor: str
+    case_id: str | None = None
+    request_id: str | None = None
 
 
 class Diff(msgspec.Struct):
@@ -225,12 +280,19 @@ class Diff(msgspec.Struct):
     reviews: dict[str, Review] = msgspec.field(default_factory=dict)
     audit: list[AuditRecord] = msgspec.field(default_factory=list)
     eod: EodProgress | None = None  # end-of-day progress of this shard (eod_shard_progress)
+    cases: dict[str, CollectionCase] = msgspec.field(default_factory=dict)
+    case_events: list[CaseEvent] = msgspec.field(default_factory=list)
+    requests: list[ConnectorRequest] = msgspec.field(default_factory=list)
+    contacts: list[ContactRecord] = msgspec.field(default_factory=list)
+    # customer → the contact log after this batch (the limits' window only)
+    contact_logs: dict[str, tuple[date, ...]] = msgspec.field(default_factory=dict)
 
     def is_empty(self) -> bool:
         return not (
             self.customers or self.applications or self.loans or self.repayments
             or self.entries or self.idempotency or self.partner_refs or self.reviews
-            or self.audit or self.eod is not None
+            or self.audit or self.eod is not None or self.cases or self.case_events
+            or self.requests or self.contacts
         )
 
 
@@ -261,6 +323,9 @@ class ApplyContext(msgspec.Struct, frozen=True):
     policy: RiskPolicy
     servicing: ServicingPolicy = ServicingPolicy()
     risk: RiskBook | None = None  # config/risk; the shard host loads and hot-reloads it
+    collections: CollectionsPolicy = CollectionsPolicy()
+    collectors: frozenset[str] = frozenset()  # operators with the collector role
+    guarantee: GuaranteePolicy = NO_GUARANTEE  # the end-of-day compensation hook
 
 
 class ShardState:
@@ -275,6 +340,9 @@ class ShardState:
         self.application_by_ref: dict[tuple[str, str], str] = {}
         self.loans: dict[str, Loan] = {}
         self.reviews: dict[str, Review] = {}
+        self.cases: dict[str, CollectionCase] = {}  # open collection cases only
+        self.case_by_loan: dict[str, str] = {}  # loan → its open case
+        self.contact_logs: dict[str, tuple[date, ...]] = {}  # customer → recent contacts
 
     def commit(self, diff: Diff) -> None:
         for customer in diff.customers.values():
@@ -287,7 +355,20 @@ class ShardState:
             )
         self.loans.update(diff.loans)
         self.reviews.update(diff.reviews)
+        for case in diff.cases.values():
+            self.keep_case(case)
+        self.contact_logs.update(diff.contact_logs)
         self.next_seq = max(self.next_seq, diff.next_seq)
+
+    def keep_case(self, case: CollectionCase) -> None:
+        """Memory holds open cases only; closed ones are read from Postgres."""
+        if case.status == coll.CASE_OPEN:
+            self.cases[case.case_id] = case
+            self.case_by_loan[case.loan_id] = case.case_id
+        else:
+            self.cases.pop(case.case_id, None)
+            if self.case_by_loan.get(case.loan_id) == case.case_id:
+                del self.case_by_loan[case.loan_id]
 
 
 class _Batch:
@@ -301,6 +382,7 @@ class _Batch:
         self.new_refs: set[tuple[str, str, str]] = set()
         self.hash_overlay: dict[str, str] = {}
         self.ref_overlay: dict[tuple[str, str], str] = {}
+        self.case_overlay: dict[str, str] = {}  # loan → case written by this batch
 
     def ref_taken(self, ref: tuple[str, str, str]) -> bool:
         return ref in self.prefetched.refs_taken or ref in self.new_refs
@@ -345,6 +427,31 @@ class _Batch:
     def review(self, application_id: str) -> Review | None:
         return self.diff.reviews.get(application_id) or self.state.reviews.get(application_id)
 
+    def case(self, case_id: str) -> CollectionCase | None:
+        written = self.diff.cases.get(case_id)
+        if written is not None:
+            return written if written.status == coll.CASE_OPEN else None
+        return self.state.cases.get(case_id)
+
+    def case_of_loan(self, loan_id: str) -> CollectionCase | None:
+        case_id = self.case_overlay.get(loan_id) or self.state.case_by_loan.get(loan_id)
+        return None if case_id is None else self.case(case_id)
+
+    def put_case(self, change: coll.CaseChange) -> None:
+        if change.case is not None:
+            self.diff.cases[change.case.case_id] = change.case
+            self.case_overlay[change.case.loan_id] = change.case.case_id
+        self.diff.case_events.extend(change.events)
+
+    def contact_log(self, customer_id: str) -> tuple[date, ...]:
+        log = self.diff.contact_logs.get(customer_id)
+        return log if log is not None else self.state.contact_logs.get(customer_id, ())
+
+    def contact(self, record: ContactRecord) -> None:
+        self.diff.contacts.append(record)
+        self.diff.contact_logs[record.customer_id] = coll.with_contact(
+            self.contact_log(record.customer_id), record.contact_on)
+
     def post(self, loan: Loan, cause: str, posting: ledger.Posting) -> None:
         """A journal entry of this batch, in the loan's book, dated the business date."""
         entry = ledger.make_entry(
@@ -386,6 +493,14 @@ def _apply_one(batch: _Batch, command: Command) -> Reply:
         return _eod_step(batch, command)
     if isinstance(command, SeedLoans):
         return _seed_loans(batch, command)
+    if isinstance(command, CaseAction):
+        return _case_action(batch, command)
+    if isinstance(command, QuoteWithholding):
+        loan = batch.loan(command.loan_id)
+        if loan is None or loan.partner_id != command.partner_id:
+            return _not_found("loan", command.loan_id)
+        return Reply(200, views.encode(WithholdingQuote(
+            command.loan_id, command.due_on, coll.withholding_due(loan, command.due_on))))
     if isinstance(command, GetApplication):
         app = batch.application(command.application_id)
         if app is None or app.partner_id != command.partner_id:
@@ -896,6 +1011,15 @@ def _count(counts: dict[str, int], key: str) -> None:
     counts[key] = counts.get(key, 0) + 1
 
 
+# The run report's counters of one chunk, by EodProgress field name.
+_TALLIED = (
+    "accrued_interest", "accrued_penalty", "became_overdue", "non_accrual_started",
+    "written_off", "guarantee_triggers", "cases_opened", "cases_closed", "cases_escalated",
+    "promises_kept", "promises_broken", "reminders", "reminders_suppressed", "withholdings",
+    "withholding_amount",
+)
+
+
 def _eod_step(batch: _Batch, cmd: EodStep) -> Reply:
     day = cmd.business_date
     if day != batch.ctx.business_date:
@@ -915,29 +1039,16 @@ def _eod_step(batch: _Batch, cmd: EodStep) -> Reply:
     progress = batch.diff.eod or EodProgress(day)
     buckets: dict[str, int] = {}
     classes: dict[str, int] = {}
-    totals = {"interest": 0, "penalty": 0, "overdue": 0, "non_accrual": 0, "written_off": 0}
+    tally = dict.fromkeys(_TALLIED, 0)
     for loan_id in chunk:
         loan = batch.loan(loan_id)
         assert loan is not None, "an open id was just read from the shard"
-        result = close_day(loan, day, batch.ctx.servicing)
-        closed = result.loan
-        for posting in result.postings:
-            batch.post(closed, cause, posting)
-        batch.diff.loans[loan_id] = closed
-        totals["interest"] += result.accrued_interest
-        totals["penalty"] += result.accrued_penalty
-        totals["overdue"] += result.became_overdue
-        totals["non_accrual"] += int(closed.non_accrual and not loan.non_accrual)
-        totals["written_off"] += int(
-            closed.written_off_on is not None and loan.written_off_on is None)
+        closed = _close_loan(batch, loan, day, cause, tally)
         _count(buckets, closed.bucket)
         _count(classes, closed.classification)
     progress.processed += len(chunk)
-    progress.accrued_interest += totals["interest"]
-    progress.accrued_penalty += totals["penalty"]
-    progress.became_overdue += totals["overdue"]
-    progress.non_accrual_started += totals["non_accrual"]
-    progress.written_off += totals["written_off"]
+    for name, value in tally.items():
+        setattr(progress, name, getattr(progress, name) + value)
     progress.chunks += 1
     progress.remaining = remaining
     book_buckets: dict[str, int] | None = None
@@ -953,12 +1064,163 @@ def _eod_step(batch: _Batch, cmd: EodStep) -> Reply:
     batch.diff.eod = progress
     body = EodStepResult(
         business_date=day, processed=len(chunk), remaining=remaining,
-        accrued_interest=totals["interest"], accrued_penalty=totals["penalty"],
-        became_overdue=totals["overdue"], non_accrual_started=totals["non_accrual"],
-        written_off=totals["written_off"], buckets=buckets, classifications=classes,
+        accrued_interest=tally["accrued_interest"], accrued_penalty=tally["accrued_penalty"],
+        became_overdue=tally["became_overdue"],
+        non_accrual_started=tally["non_accrual_started"], written_off=tally["written_off"],
+        buckets=buckets, classifications=classes,
         book_buckets=book_buckets, book_classifications=book_classes,
+        guarantee_triggers=tally["guarantee_triggers"], cases_opened=tally["cases_opened"],
+        cases_closed=tally["cases_closed"], reminders=tally["reminders"],
+        withholdings=tally["withholdings"],
     )
     return Reply(200, views.encode(body))
+
+
+def _close_loan(
+    batch: _Batch, loan: Loan, day: date, cause: str, tally: dict[str, int]
+) -> Loan:
+    """DOMAIN.md §5 for one loan, in order: the day's servicing (close_day: accrual,
+    overdue, penalty, DPD/bucket/classification, non-accrual, write-off), the guarantee
+    hook, its collection case, and the next day's reminder and withholding."""
+    result = close_day(loan, day, batch.ctx.servicing)
+    closed = result.loan
+    for posting in result.postings:
+        batch.post(closed, cause, posting)
+    batch.diff.loans[loan.loan_id] = closed
+    tally["accrued_interest"] += result.accrued_interest
+    tally["accrued_penalty"] += result.accrued_penalty
+    tally["became_overdue"] += result.became_overdue
+    tally["non_accrual_started"] += int(closed.non_accrual and not loan.non_accrual)
+    tally["written_off"] += int(closed.written_off_on is not None and loan.written_off_on is None)
+    if batch.ctx.guarantee.trigger(loan, closed, day) is not None:
+        tally["guarantee_triggers"] += 1
+    case = _follow_case(batch, closed, day, tally)
+    _plan_reminder(batch, closed, case, day, tally)
+    _plan_withholding(batch, closed, day, tally)
+    return closed
+
+
+def _follow_case(
+    batch: _Batch, loan: Loan, day: date, tally: dict[str, int]
+) -> CollectionCase | None:
+    before = batch.case_of_loan(loan.loan_id)
+    policy = batch.ctx.collections
+    if before is None and (loan.status == LOAN_PAID_OFF or loan.dpd < policy.open_dpd):
+        return None  # the common case: nothing to collect, no id drawn
+    new_id = batch.new_id("case") if before is None else ""
+    change = coll.follow_case(before, loan, day, policy, new_id)
+    batch.put_case(change)
+    for event in change.events:
+        kind = event.kind
+        tally["cases_opened"] += kind == coll.EV_OPENED
+        tally["cases_closed"] += kind == coll.EV_CLOSED
+        tally["cases_escalated"] += kind == coll.EV_BUCKET
+        tally["promises_kept"] += kind == coll.EV_PROMISE_KEPT
+        tally["promises_broken"] += kind == coll.EV_PROMISE_BROKEN
+    case = change.case
+    return case if case is not None and case.status == coll.CASE_OPEN else None
+
+
+def _plan_reminder(
+    batch: _Batch, loan: Loan, case: CollectionCase | None, day: date, tally: dict[str, int]
+) -> None:
+    reminder = coll.plan_reminder(loan, day, batch.ctx.collections)
+    if reminder is None:
+        return
+    log = batch.contact_log(loan.customer_id)
+    if not coll.contact_allowed(log, reminder.send_on, batch.ctx.collections):
+        tally["reminders_suppressed"] += 1
+        return
+    request = ConnectorRequest(
+        request_id=batch.new_id("request"), kind=REQUEST_SMS, created_on=day,
+        send_on=reminder.send_on, loan_id=loan.loan_id, customer_id=loan.customer_id,
+        partner_id=loan.partner_id, amount=reminder.amount, template=reminder.template,
+        case_id=None if case is None else case.case_id,
+    )
+    batch.diff.requests.append(request)
+    batch.contact(ContactRecord(loan.customer_id, reminder.send_on, coll.REMINDER_CHANNEL,
+                                coll.SYSTEM_ACTOR, request.case_id, request.request_id))
+    if case is not None:
+        batch.put_case(coll.CaseChange(case, (coll.CaseEvent(
+            case.case_id, day, coll.EV_REMINDER, coll.SYSTEM_ACTOR,
+            {"request_id": request.request_id, "template": reminder.template,
+             "send_on": reminder.send_on.isoformat()}),)))
+    tally["reminders"] += 1
+
+
+def _plan_withholding(batch: _Batch, loan: Loan, day: date, tally: dict[str, int]) -> None:
+    amount = coll.plan_withholding(loan, day)
+    if amount == 0:
+        return
+    batch.diff.requests.append(ConnectorRequest(
+        request_id=batch.new_id("request"), kind=REQUEST_WITHHOLDING, created_on=day,
+        send_on=day + timedelta(days=1), loan_id=loan.loan_id, customer_id=loan.customer_id,
+        partner_id=loan.partner_id, amount=amount,
+    ))
+    tally["withholdings"] += 1
+    tally["withholding_amount"] += amount
+
+
+# ---- collections (贷后催收): what collectors do to a case ---------------------------------
+
+
+class WithholdingQuote(msgspec.Struct, frozen=True):
+    loan_id: str
+    due_on: date
+    amount: int
+
+
+class CaseActionResult(msgspec.Struct, frozen=True):
+    case: CollectionCase
+    events: list[CaseEvent]
+
+
+def _case_action(batch: _Batch, cmd: CaseAction) -> Reply:
+    case = batch.case(cmd.case_id)
+    if case is None:
+        # Closed cases are not in memory: they are history, nothing more can be done to them.
+        return error_reply(404, "not_found", f"no open case {cmd.case_id}")
+    mine = case.assignee == f"{coll.ASSIGNEE_COLLECTOR}:{cmd.actor}"
+    if not (cmd.any_case or mine):
+        return error_reply(403, "forbidden", f"case {cmd.case_id} is not assigned to you")
+    day = batch.ctx.business_date
+    try:
+        change = _case_change(batch, case, cmd, day)
+    except coll.CaseActionRefused as refused:
+        return error_reply(refused.status, refused.code, refused.message, refused.field)
+    batch.put_case(change)
+    assert change.case is not None
+    if cmd.action == "contact":
+        batch.contact(ContactRecord(case.customer_id, day, cmd.channel, cmd.actor,
+                                    case.case_id))
+    return Reply(200, views.encode(CaseActionResult(change.case, list(change.events))))
+
+
+def _case_change(
+    batch: _Batch, case: CollectionCase, cmd: CaseAction, day: date
+) -> coll.CaseChange:
+    policy = batch.ctx.collections
+    if cmd.action == "assign":
+        return coll.assign(case, cmd.assignee, cmd.actor, day, policy, batch.ctx.collectors)
+    if cmd.action == "note":
+        return coll.add_note(case, cmd.text, cmd.actor, day)
+    if cmd.action == "contact":
+        if not coll.contact_allowed(batch.contact_log(case.customer_id), day, policy):
+            raise coll.CaseActionRefused(
+                422, "contact_limit_reached",
+                f"the customer was contacted the most times allowed "
+                f"({policy.max_contacts_per_day} a day, {policy.max_contacts_per_week} a week)")
+        return coll.record_contact(case, cmd.channel, cmd.outcome, cmd.text, cmd.actor, day)
+    if cmd.action == "promise":
+        loan = batch.loan(case.loan_id)
+        assert loan is not None, "an open case's loan is in its shard"
+        if cmd.promised_on is None:
+            raise coll.CaseActionRefused(422, "invalid_request", "promised_on is required",
+                                         "promised_on")
+        return coll.make_promise(case, loan, cmd.amount, cmd.promised_on, cmd.actor, day,
+                                 policy)
+    raise coll.CaseActionRefused(400, "invalid_request", f"unknown action {cmd.action!r}",
+                                 "action")
 
 
 # ---- seeding (`lendcore seed`, POST /ops/seed) -----------------------------------------------

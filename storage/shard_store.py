@@ -24,6 +24,7 @@ import asyncpg
 import msgspec
 
 from lending import ledger
+from lending.collections import WEEK_DAYS, CollectionCase
 from lending.loans import Loan
 from lending.shard_state import (
     Application,
@@ -46,6 +47,7 @@ _CUSTOMER = msgspec.msgpack.Decoder(Customer)
 _APPLICATION = msgspec.msgpack.Decoder(Application)
 _LOAN = msgspec.msgpack.Decoder(Loan)
 _REVIEW = msgspec.json.Decoder(Review)  # application_reviews.state is jsonb: ops read it
+_CASE = msgspec.json.Decoder(CollectionCase)  # collection_cases.state is jsonb too
 
 LOAD_PAGE_ROWS = 20000  # rows fetched per round trip while rebuilding a shard
 
@@ -154,11 +156,15 @@ e AS (
   -- end-of-day progress: counts accumulate chunk after chunk (at most one row a batch)
   INSERT INTO eod_shard_progress AS g (shard_id, business_date, processed, accrued_interest,
     accrued_penalty, became_overdue, non_accrual_started, written_off, chunks, remaining,
-    buckets, classifications, finished_at)
+    buckets, classifications, finished_at, guarantee_triggers, cases_opened, cases_closed,
+    cases_escalated, promises_kept, promises_broken, reminders, reminders_suppressed,
+    withholdings, withholding_amount)
   SELECT $1, (r->>0)::date, (r->>1)::int8, (r->>2)::int8, (r->>3)::int8, (r->>4)::int8,
          (r->>5)::int8, (r->>6)::int8, (r->>7)::int4, (r->>8)::int8,
          NULLIF(r->9, 'null'::jsonb), NULLIF(r->10, 'null'::jsonb),
-         CASE WHEN (r->>11)::boolean THEN now() END
+         CASE WHEN (r->>11)::boolean THEN now() END,
+         (r->>12)::int8, (r->>13)::int8, (r->>14)::int8, (r->>15)::int8, (r->>16)::int8,
+         (r->>17)::int8, (r->>18)::int8, (r->>19)::int8, (r->>20)::int8, (r->>21)::int8
   FROM jsonb_array_elements($14::jsonb) AS r
   WHERE EXISTS (SELECT FROM fence)
   ON CONFLICT (shard_id, business_date) DO UPDATE SET
@@ -168,11 +174,54 @@ e AS (
     became_overdue = g.became_overdue + EXCLUDED.became_overdue,
     non_accrual_started = g.non_accrual_started + EXCLUDED.non_accrual_started,
     written_off = g.written_off + EXCLUDED.written_off,
+    guarantee_triggers = g.guarantee_triggers + EXCLUDED.guarantee_triggers,
+    cases_opened = g.cases_opened + EXCLUDED.cases_opened,
+    cases_closed = g.cases_closed + EXCLUDED.cases_closed,
+    cases_escalated = g.cases_escalated + EXCLUDED.cases_escalated,
+    promises_kept = g.promises_kept + EXCLUDED.promises_kept,
+    promises_broken = g.promises_broken + EXCLUDED.promises_broken,
+    reminders = g.reminders + EXCLUDED.reminders,
+    reminders_suppressed = g.reminders_suppressed + EXCLUDED.reminders_suppressed,
+    withholdings = g.withholdings + EXCLUDED.withholdings,
+    withholding_amount = g.withholding_amount + EXCLUDED.withholding_amount,
     chunks = g.chunks + EXCLUDED.chunks,
     remaining = EXCLUDED.remaining,
     buckets = COALESCE(EXCLUDED.buckets, g.buckets),
     classifications = COALESCE(EXCLUDED.classifications, g.classifications),
     finished_at = COALESCE(EXCLUDED.finished_at, g.finished_at)
+),
+cc AS (
+  INSERT INTO collection_cases (shard_id, case_id, loan_id, status, bucket, dpd, assignee,
+                                follow_up_on, opened_on, state)
+  SELECT $1, r->>0, r->>1, r->>2, r->>3, (r->>4)::int4, r->>5, (r->>6)::date, (r->>7)::date,
+         r->8
+  FROM jsonb_array_elements($15::jsonb) AS r
+  WHERE EXISTS (SELECT FROM fence)
+  ON CONFLICT (shard_id, case_id) DO UPDATE SET status = EXCLUDED.status,
+    bucket = EXCLUDED.bucket, dpd = EXCLUDED.dpd, assignee = EXCLUDED.assignee,
+    follow_up_on = EXCLUDED.follow_up_on, state = EXCLUDED.state
+),
+ce AS (
+  INSERT INTO collection_events (shard_id, case_id, business_date, kind, actor, detail)
+  SELECT $1, r->>0, (r->>1)::date, r->>2, r->>3, r->4
+  FROM jsonb_array_elements($16::jsonb) WITH ORDINALITY AS t(r, n)
+  WHERE EXISTS (SELECT FROM fence)
+  ORDER BY n  -- event_id keeps the order the shard wrote them in
+),
+ct AS (
+  INSERT INTO contact_log (shard_id, customer_id, contact_on, channel, actor, case_id,
+                           request_id)
+  SELECT $1, r->>0, (r->>1)::date, r->>2, r->>3, r->>4, r->>5
+  FROM jsonb_array_elements($17::jsonb) AS r
+  WHERE EXISTS (SELECT FROM fence)
+),
+cr AS (
+  INSERT INTO connector_requests (shard_id, request_id, kind, created_on, send_on, loan_id,
+                                  customer_id, partner_id, amount, template, case_id)
+  SELECT $1, r->>0, r->>1, (r->>2)::date, (r->>3)::date, r->>4, r->>5, r->>6,
+         (r->>7)::int8, r->>8, r->>9
+  FROM jsonb_array_elements($18::jsonb) AS r
+  WHERE EXISTS (SELECT FROM fence)
 )
 SELECT count(*) FROM fence
 """
@@ -223,13 +272,49 @@ def _commit_args(shard_id: int, epoch: int, diff: Diff, codes: dict[str, str]) -
     eod = [] if g is None else [(
         g.business_date, g.processed, g.accrued_interest, g.accrued_penalty, g.became_overdue,
         g.non_accrual_started, g.written_off, g.chunks, g.remaining, g.buckets,
-        g.classifications, g.finished,
+        g.classifications, g.finished, g.guarantee_triggers, g.cases_opened, g.cases_closed,
+        g.cases_escalated, g.promises_kept, g.promises_broken, g.reminders,
+        g.reminders_suppressed, g.withholdings, g.withholding_amount,
     )]
+    cases = [
+        (c.case_id, c.loan_id, c.status, c.bucket, c.dpd, c.assignee, c.follow_up_on,
+         c.opened_on, c)
+        for c in diff.cases.values()
+    ]
+    events = [(e.case_id, e.business_date, e.kind, e.actor, e.detail) for e in diff.case_events]
+    contacts = [
+        (t.customer_id, t.contact_on, t.channel, t.actor, t.case_id, t.request_id)
+        for t in diff.contacts
+    ]
+    requests = [
+        (q.request_id, q.kind, q.created_on, q.send_on, q.loan_id, q.customer_id,
+         q.partner_id, q.amount, q.template, q.case_id)
+        for q in diff.requests
+    ]
     return [
         shard_id, diff.next_seq, epoch, _rows(customers), _rows(applications), _rows(loans),
         _rows(repayments), _rows(lines), _rows(balances), _rows(idempotency),
-        _rows(diff.partner_refs), _rows(reviews), _rows(audit), _rows(eod),
+        _rows(diff.partner_refs), _rows(reviews), _rows(audit), _rows(eod), _rows(cases),
+        _rows(events), _rows(contacts), _rows(requests),
     ]
+
+
+async def _load_collections(conn: asyncpg.Connection, state: ShardState) -> None:
+    """Open cases, and every customer's contacts of the limits' window (a week back from
+    the business date)."""
+    async for row in conn.cursor(
+        "SELECT state FROM collection_cases WHERE shard_id = $1 AND status = 'open'",
+        state.shard_id, prefetch=LOAD_PAGE_ROWS,
+    ):
+        state.keep_case(_CASE.decode(row[0]))
+    async for row in conn.cursor(
+        "SELECT customer_id, contact_on FROM contact_log WHERE shard_id = $1 AND contact_on >= "
+        "(SELECT value::date FROM cluster_meta WHERE key = 'business_date') - $2::int "
+        "ORDER BY contact_on",
+        state.shard_id, WEEK_DAYS, prefetch=LOAD_PAGE_ROWS,
+    ):
+        customer_id = row[0]
+        state.contact_logs[customer_id] = (*state.contact_logs.get(customer_id, ()), row[1])
 
 
 class ShardStore:
@@ -281,6 +366,7 @@ class ShardStore:
             ):
                 review = _REVIEW.decode(row[0])
                 state.reviews[review.application_id] = review
+            await _load_collections(conn, state)
         return state
 
     async def prefetch(
