@@ -666,11 +666,12 @@ def _book_loan(batch: _Batch, cmd: BookLoan) -> Reply:
     return Reply(201, views.encode(views.loan_view(loan)))
 
 
-def _new_loan(batch: _Batch, app: Application) -> Loan:
+def _new_loan(batch: _Batch, app: Application, disbursed_on: date | None = None) -> Loan:
+    """The loan of an approved application, disbursed today (a seed may back-date it)."""
     product = batch.ctx.catalog.get(app.product_code, app.product_version)
     assert app.approved_amount is not None and app.annual_rate_bps is not None
     assert app.apr_bps is not None
-    disbursed_on = batch.ctx.business_date
+    disbursed_on = disbursed_on or batch.ctx.business_date
     schedule = build_schedule(
         product.repayment_method, app.approved_amount, app.annual_rate_bps, app.term,
         disbursed_on, product.monthly_fee_bps,
@@ -1237,6 +1238,9 @@ SEED_MERCHANTS = 50
 SEED_AMOUNT_STEP = 100000  # 1,000 CNY steps, so the APR of a (product, amount, term, rate)
 SEED_AMOUNT_CAP = 3000000  # repeats and is computed once per command
 SEED_RATE_STEP_BPS = 200
+SEED_CURRENT_AGE_DAYS = 28  # disbursed 0..27 days ago: nothing due yet
+SEED_DELINQUENT_SHARE = 0.05  # disbursed 30..119 days ago and never repaid: M1–M3
+SEED_DELINQUENT_AGE_DAYS = (30, 120)
 
 
 class SeedResult(msgspec.Struct, frozen=True):
@@ -1259,6 +1263,28 @@ def _seed_terms(rng: random.Random, products: list[Product]) -> tuple[Product, i
     rates = range(product.rate_min_bps, product.rate_max_bps + 1, SEED_RATE_STEP_BPS)
     rate = rng.choice(rates) if len(rates) else product.default_rate_bps
     return product, amount, term, rate
+
+
+def _seed_age_days(rng: random.Random) -> int:
+    """How long ago a seeded loan was disbursed: most within the last four weeks (so due
+    dates, reminders and withholdings spread over the month like a live book's), a few
+    months back and never repaid (so collections has a delinquent book to work)."""
+    if rng.random() < SEED_DELINQUENT_SHARE:
+        return rng.randrange(SEED_DELINQUENT_AGE_DAYS[0], SEED_DELINQUENT_AGE_DAYS[1])
+    return rng.randrange(0, SEED_CURRENT_AGE_DAYS)
+
+
+def _aged(batch: _Batch, loan: Loan) -> Loan:
+    """A back-dated seeded loan brought to yesterday's close in one close_day: accrual and
+    overdue transitions catch up exactly (they are cumulative); penalty is one day's (it
+    accrues day by day), as for a book migrated in with its penalty not yet computed."""
+    yesterday = batch.ctx.business_date - timedelta(days=1)
+    if loan.disbursed_on > yesterday:
+        return loan
+    result = close_day(loan, yesterday, batch.ctx.servicing)
+    for posting in result.postings:
+        batch.post(result.loan, loan.loan_id, posting)
+    return result.loan
 
 
 def _seed_loans(batch: _Batch, cmd: SeedLoans) -> Reply:
@@ -1314,9 +1340,9 @@ def _seed_loans(batch: _Batch, cmd: SeedLoans) -> Reply:
             expires_on=day + timedelta(days=ctx.policy.offer_valid_days), created_on=day,
             merchant_id=merchant, purpose=SEED_PURPOSE, device_id="", ip="",
         )
-        loan = _new_loan(batch, app)
+        loan = _new_loan(batch, app, day - timedelta(days=_seed_age_days(rng)))
         batch.post(loan, loan.loan_id, disbursement_posting(loan))
-        batch.diff.loans[loan.loan_id] = loan
+        batch.diff.loans[loan.loan_id] = _aged(batch, loan)
         batch.put_application(msgspec.structs.replace(app, loan_id=loan.loan_id))
         batch.put_customer(msgspec.structs.replace(customer, loan_ids=[loan.loan_id]))
         batch.take_ref((cmd.partner_id, REF_APPLICATION, app.partner_application_id), app_id)

@@ -112,6 +112,10 @@ def test_reminders_case_lifecycle_and_promises(declining: RunningSystem) -> None
     overdue_sms = ops.requests(kind="sms", created_on=FIRST_DUE.isoformat())
     assert {(r["template"], r["case_id"]) for r in overdue_sms} == {
         ("overdue_1", cases[loan_id]["case_id"]) for loan_id in first}
+    report = ops.post("/ops/eod", {"business_date": FIRST_DUE.isoformat()}).json()
+    assert report["collections"]["cases_opened"] == 2
+    assert report["reminders"] == {"planned": 2, "suppressed": 0}
+    assert report["withholdings"] == {"planned": 0, "amount": 0}
     case_kept, case_broken = cases[kept["loan_id"]], cases[broken["loan_id"]]
     base = f"/ops/collections/cases/{case_kept['case_id']}"
 

@@ -39,7 +39,9 @@ def test_seed_then_end_of_day(seed_system: RunningSystem, ops_client: httpx.Clie
     try:
         for loan_id in body["sample_loan_ids"]:
             loan = get_loan(client, loan_id)
-            assert loan["loan_id"] == loan_id and loan["status"] == "active"
+            # a few seeded loans are delinquent (back-dated, never repaid)
+            assert loan["loan_id"] == loan_id and loan["status"] in ("active", "overdue")
+            assert (loan["status"] == "overdue") == (loan["dpd"] > 0)
             assert loan["outstanding"]["principal"] > 0
     finally:
         client.close()
@@ -53,7 +55,14 @@ def test_seed_then_end_of_day(seed_system: RunningSystem, ops_client: httpx.Clie
     trial_balance(ops_client)
     eod = ops_client.post("/ops/eod", json={}, headers=ops_auth())
     assert eod.status_code == 200, eod.text
-    assert eod.json()["loans_processed"] == 200
+    report = eod.json()
+    assert report["loans_processed"] == 200
+    # the seeded book exercises collections: cases for the delinquent loans, reminders for
+    # installments falling due (no withholding: nothing is ever due on the 30th, as due
+    # days are capped at the 28th)
+    delinquent = sum(n for bucket, n in report["buckets"].items() if bucket != "C")
+    assert report["collections"]["cases_opened"] == delinquent > 0
+    assert report["reminders"]["planned"] > 0
     assert reconciliation(ops_client)["reconciled"]
     trial_balance(ops_client)
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from datetime import date
+from datetime import date, timedelta
 from pathlib import Path
 
 from lending import ledger, reconcile
@@ -45,8 +45,11 @@ def test_seeds_count_loans_of_the_shard_that_reconcile() -> None:
     body = json.loads(reply.body)
     assert body["shard_id"] == 3 and body["loans"] == 300 and len(body["sample_loan_ids"]) == 5
     assert len(diff.loans) == len(diff.customers) == len(diff.applications) == 300
-    assert len(diff.entries) == 300 and len(diff.partner_refs) == 300
-    assert diff.next_seq == 500 + 300 * 4  # customer, application, loan, entry each
+    assert len(diff.partner_refs) == 300
+    # customer, application, loan and disbursement entry each, plus the entries of the
+    # catch-up close of back-dated loans
+    assert diff.next_seq == 500 + 300 * 3 + len(diff.entries)
+    assert len([e for e in diff.entries if e.kind == ledger.DISBURSEMENT]) == 300
     for loan_id in diff.loans:
         assert shard_of_id("loan", loan_id) == 3
     for customer in diff.customers.values():
@@ -67,12 +70,19 @@ def test_seeds_count_loans_of_the_shard_that_reconcile() -> None:
     for entry in diff.entries:
         by_loan.setdefault(entry.loan_id, []).append(entry)
     for loan in diff.loans.values():
-        assert loan.partner_id == "demo" and loan.disbursed_on == DAY
+        assert loan.partner_id == "demo" and loan.disbursed_on <= DAY
+        # back-dated loans were closed up to yesterday; today's never
+        closed_until = None if loan.disbursed_on == DAY else DAY - timedelta(days=1)
+        assert loan.last_closed_on == closed_until
         assert reconcile.differences(loan, ledger.net_debits(by_loan[loan.loan_id])) == []
     products = Counter(loan.product_code for loan in diff.loans.values())
     assert set(products) == {"CASH_BL_3", "CASH_EI_12", "CASH_EP_12", "CASH_IF_12",
                              "INST_FEE_12"}
     assert len({loan.principal for loan in diff.loans.values()}) > 10
+    # due dates spread over the month, and a delinquent few (SEED_DELINQUENT_SHARE)
+    assert len({loan.disbursed_on for loan in diff.loans.values()}) > 20
+    overdue = [loan for loan in diff.loans.values() if loan.dpd > 0]
+    assert 0 < len(overdue) < 40 and all(loan.dpd <= 90 for loan in overdue)
 
 
 def test_deterministic_and_then_closed_by_eod() -> None:
