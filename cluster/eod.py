@@ -362,6 +362,19 @@ def build_report(
         },
         "buckets": merged("buckets"),
         "classifications": merged("classifications"),
+        "guarantee_triggers": total("guarantee_triggers"),
+        "collections": {
+            "cases_opened": total("cases_opened"),
+            "cases_closed": total("cases_closed"),
+            "cases_escalated": total("cases_escalated"),
+            "promises_kept": total("promises_kept"),
+            "promises_broken": total("promises_broken"),
+        },
+        # planned for the next business date; cluster/outbox.py sends them once it begins
+        "reminders": {
+            "planned": total("reminders"), "suppressed": total("reminders_suppressed")},
+        "withholdings": {
+            "planned": total("withholdings"), "amount": total("withholding_amount")},
         "shards": [
             {
                 "shard_id": int(r["shard_id"]),

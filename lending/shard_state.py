@@ -21,6 +21,7 @@ import msgspec
 from lending import collections as coll
 from lending import ledger, views
 from lending.apr import apr_bps, schedule_payments
+from lending.calendar import due_dates
 from lending.collections import CaseEvent, CollectionCase, CollectionsPolicy
 from lending.commands import (
     SEED_MAX_PER_COMMAND,
@@ -1238,7 +1239,7 @@ SEED_MERCHANTS = 50
 SEED_AMOUNT_STEP = 100000  # 1,000 CNY steps, so the APR of a (product, amount, term, rate)
 SEED_AMOUNT_CAP = 3000000  # repeats and is computed once per command
 SEED_RATE_STEP_BPS = 200
-SEED_CURRENT_AGE_DAYS = 28  # disbursed 0..27 days ago: nothing due yet
+SEED_CURRENT_AGE_DAYS = 31  # disbursed 0..30 days ago, first due date still ahead
 SEED_DELINQUENT_SHARE = 0.05  # disbursed 30..119 days ago and never repaid: M1–M3
 SEED_DELINQUENT_AGE_DAYS = (30, 120)
 
@@ -1265,13 +1266,17 @@ def _seed_terms(rng: random.Random, products: list[Product]) -> tuple[Product, i
     return product, amount, term, rate
 
 
-def _seed_age_days(rng: random.Random) -> int:
-    """How long ago a seeded loan was disbursed: most within the last four weeks (so due
-    dates, reminders and withholdings spread over the month like a live book's), a few
-    months back and never repaid (so collections has a delinquent book to work)."""
+def _seed_disbursed_on(rng: random.Random, day: date) -> date:
+    """When a seeded loan was disbursed: most within the last month with their first due
+    date still ahead (so due dates, reminders and withholdings spread over the month like a
+    live book's), a few months back and never repaid (so collections has a delinquent book
+    to work)."""
     if rng.random() < SEED_DELINQUENT_SHARE:
-        return rng.randrange(SEED_DELINQUENT_AGE_DAYS[0], SEED_DELINQUENT_AGE_DAYS[1])
-    return rng.randrange(0, SEED_CURRENT_AGE_DAYS)
+        return day - timedelta(days=rng.randrange(*SEED_DELINQUENT_AGE_DAYS))
+    while True:  # due days are capped at the 28th: some ages put the first due date behind
+        disbursed_on = day - timedelta(days=rng.randrange(SEED_CURRENT_AGE_DAYS))
+        if due_dates(disbursed_on, 1)[0] > day:
+            return disbursed_on
 
 
 def _aged(batch: _Batch, loan: Loan) -> Loan:
@@ -1340,7 +1345,7 @@ def _seed_loans(batch: _Batch, cmd: SeedLoans) -> Reply:
             expires_on=day + timedelta(days=ctx.policy.offer_valid_days), created_on=day,
             merchant_id=merchant, purpose=SEED_PURPOSE, device_id="", ip="",
         )
-        loan = _new_loan(batch, app, day - timedelta(days=_seed_age_days(rng)))
+        loan = _new_loan(batch, app, _seed_disbursed_on(rng, day))
         batch.post(loan, loan.loan_id, disbursement_posting(loan))
         batch.diff.loans[loan.loan_id] = _aged(batch, loan)
         batch.put_application(msgspec.structs.replace(app, loan_id=loan.loan_id))
