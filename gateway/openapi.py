@@ -7,15 +7,17 @@ from typing import Any
 
 import msgspec
 
+from gateway.collections_desk import AssignIn, ContactIn, NoteIn, PromiseIn
 from gateway.ops_api import BlacklistIn
 from gateway.partner_api import BatchResponse
 from gateway.reviews import ClaimView, ReleaseView, ReviewDecisionIn, ReviewPage
 from gateway.schemas import ApplicationIn, BatchRepaymentItemIn, BookLoanIn, RepaymentIn
+from lending.collections import CollectionCase
 from lending.commands import ErrorBody
 from lending.loans import REPAYMENT_KINDS
 from lending.origination import APR_CAP, NO_PRICE_TIER
 from lending.rules import RULE_ERROR
-from lending.shard_state import Application, ReviewResult
+from lending.shard_state import Application, CaseActionResult, ReviewResult
 from lending.views import ApplicationView, CustomerView, LoanView, PayoffView, RepaymentView
 
 
@@ -135,7 +137,7 @@ _TYPES: list[Any] = [
     PayoffView, RepaymentView, CustomerView, BatchResponse, ErrorBody, TrialBalance,
     Reconciliation, ReviewPage, ClaimView, ReleaseView, ReviewDecisionIn, ReviewResult,
     BusinessDate, Application, BlacklistIn, BlacklistPage, BlacklistAdded, BlacklistDeleted,
-    AuditPage,
+    AuditPage, AssignIn, NoteIn, ContactIn, PromiseIn, CaseActionResult, CollectionCase,
 ]
 
 # The stable decision reason codes (API.md: `reasons` are stable codes): the `reason` of
@@ -324,6 +326,12 @@ def _review_operation(
                           request=request)
 
 
+def _case_operation(summary: str, request: str) -> dict[str, Any]:
+    """POST /ops/collections/cases/{case_id}/... (through the case's shard)."""
+    return _ops_operation(summary, "CaseActionResult", path_params=("case_id",),
+                          request=request, errors=(400, 401, 403, 404, 409, 413, 422, 503))
+
+
 def _annotate(components: dict[str, Any]) -> None:
     """Field notes, and the repayment kinds the gateway accepts as an enum."""
     for (schema, field), note in _FIELD_NOTES.items():
@@ -449,6 +457,43 @@ def build_openapi() -> bytes:
                         "releases and decisions) or blacklist:{kind}:{value_hash}"),
                        ("limit", "1..1000, default 100")),
                 errors=(400, 401))},
+            "/ops/collections/cases": {"get": _ops_operation(
+                "Collection cases (贷后催收), most overdue first: {cases: [CollectionCase], "
+                "next_after}",
+                query=(("status", "open (default) or closed"),
+                       ("bucket", "M1 .. M6+"), ("assignee", "collector:<name> or agency:<id>"),
+                       ("follow_up", "due: cases whose broken promise asks for a call"),
+                       ("limit", "1..500, default 50"),
+                       ("after", "next_after of the previous page")),
+                errors=(400, 401))},
+            "/ops/collections/cases/{case_id}": {"get": _ops_operation(
+                "A case with its history (events: opened, bucket_changed, assigned, note, "
+                "contact, promise, promise_kept, promise_broken, reminder, closed)",
+                path_params=("case_id",), errors=(401, 404))},
+            "/ops/collections/cases/{case_id}/assign": {"post": _case_operation(
+                "Assign a case to a collector or an agency (role operator)", "AssignIn")},
+            "/ops/collections/cases/{case_id}/notes": {"post": _case_operation(
+                "Add a note (a collector on their own cases, or an operator)", "NoteIn")},
+            "/ops/collections/cases/{case_id}/contacts": {"post": _case_operation(
+                "Record a contact and its outcome; 422 contact_limit_reached beyond "
+                "[collections] max_contacts_per_day / _per_week", "ContactIn")},
+            "/ops/collections/cases/{case_id}/promises": {"post": _case_operation(
+                "Record a promise to pay (承诺还款); a pending one is superseded",
+                "PromiseIn")},
+            "/ops/collections/summary": {"get": _ops_operation(
+                "Open cases by bucket and assignee, promises by status, follow-ups due, "
+                "closed cases by reason")},
+            "/ops/connector-requests": {"get": _ops_operation(
+                "End of day's SMS reminders and withholdings (代扣) with their results, and "
+                "counts by kind and status",
+                query=(("kind", "sms or withholding"),
+                       ("status", "pending, sent, succeeded or failed"),
+                       ("created_on", "the business date whose end of day planned them"),
+                       ("limit", "1..500, default 50"), ("after", "a request_id")),
+                errors=(400, 401))},
+            "/ops/outbox/drain": {"post": _ops_operation(
+                "Send the pending connector requests now (admin); end of day starts a "
+                "drain by itself", errors=(401, 403))},
             "/healthz": {"get": plain},
             "/readyz": {"get": plain},
             "/metrics": {"get": plain},

@@ -1177,6 +1177,11 @@ class CaseActionResult(msgspec.Struct, frozen=True):
     events: list[CaseEvent]
 
 
+def case_audit_target(case_id: str) -> str:
+    """audit_log.target of what operators do to a collection case."""
+    return f"case:{case_id}"
+
+
 def _case_action(batch: _Batch, cmd: CaseAction) -> Reply:
     case = batch.case(cmd.case_id)
     if case is None:
@@ -1192,6 +1197,9 @@ def _case_action(batch: _Batch, cmd: CaseAction) -> Reply:
         return error_reply(refused.status, refused.code, refused.message, refused.field)
     batch.put_case(change)
     assert change.case is not None
+    batch.diff.audit.append(AuditRecord(
+        cmd.actor, f"collections.{cmd.action}", case_audit_target(case.case_id),
+        msgspec.to_builtins(case), msgspec.to_builtins(change.case)))
     if cmd.action == "contact":
         batch.contact(ContactRecord(case.customer_id, day, cmd.channel, cmd.actor,
                                     case.case_id))

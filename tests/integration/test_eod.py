@@ -112,7 +112,7 @@ class Ops:
 def eod_system(ray_cluster: None, tmp_path: Path) -> Iterator[RunningSystem]:
     config = tmp_path / "eod.toml"
     # Every withholding (代扣) declined: these loans are paid only as the tests say, so the
-    # hand figures hold (tests/integration/test_collections.py covers withholding).
+    # hand figures hold (tests/integration/test_api_collections.py covers withholding).
     config.write_text("[eod]\nchunk_loans = 2\nshard_concurrency = 2\nlock_ttl_s = 5\n"
                       "[outbox]\npayment_decline_per_mille = 1000\n")
     with fresh_system(config) as running:

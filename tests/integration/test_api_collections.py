@@ -160,6 +160,14 @@ def test_reminders_case_lifecycle_and_promises(declining: RunningSystem) -> None
     kinds = [event["kind"] for event in case["events"]]
     assert kinds[:1] == ["opened"] and kinds[-4:] == ["assigned", "note", "contact", "promise"]
 
+    # Every action is audited with the case before and after it.
+    audited = ops.get("/ops/audit", target=f"case:{case_kept['case_id']}")["entries"]
+    assert [(e["actor"], e["action"]) for e in audited] == [
+        ("admin", "collections.assign"), ("collector1", "collections.note"),
+        ("collector1", "collections.contact"), ("collector1", "collections.promise")]
+    assert audited[0]["before"]["assignee"] is None
+    assert audited[0]["after"]["assignee"] == "collector:collector1"
+
     # The other case: a small promise for today, not kept.
     other = f"/ops/collections/cases/{case_broken['case_id']}"
     assert ops.post(f"{other}/promises",
