@@ -260,8 +260,9 @@ def test_crash_mid_run_resumes_to_the_uninterrupted_result(eod_system: RunningSy
     ops = Ops(eod_system)
     client = eod_system.client()
     loan_ids = [new_loan(client, amount=300_000)["loan_id"] for _ in range(60)]
-    # Run to 2027-01-02 so the crash day has overdue loans accruing penalty (none repaid).
-    crash_day = date(2027, 1, 2)
+    # Run to 2027-01-03 so the crash day has overdue loans accruing penalty (none repaid),
+    # and plans the D+7 reminder of their first installment (due 2026-12-28) for each.
+    crash_day = date(2027, 1, 3)
     while ops.business_date() < crash_day:
         assert ops.eod().status_code == 200
     ops.books_hold()
@@ -330,6 +331,13 @@ def test_crash_mid_run_resumes_to_the_uninterrupted_result(eod_system: RunningSy
     stored_lines = eod_system.run(eod_system.pg().fetchval(
         "SELECT count(*) FROM journal_lines WHERE cause = $1", eod_cause(crash_day)))
     assert stored_lines == lines
+    # ... and planned its next-day reminder exactly once, whatever crashed
+    planned = eod_system.run(eod_system.pg().fetch(
+        "SELECT loan_id, template, count(*) AS n FROM connector_requests "
+        "WHERE created_on = $1 GROUP BY loan_id, template", crash_day))
+    assert {(r["loan_id"], r["template"], r["n"]) for r in planned} == {
+        (loan_id, "overdue_7", 1) for loan_id in loan_ids}
+    assert report["reminders"]["planned"] == len(loan_ids)
     # 3. requests during a run: 200/201 or 503 + Retry-After, and nothing else
     _requests_during_eod(eod_system, ops, client, loan_ids)
     # 4. `lendcore eod` drives the same API (progress on stderr, report on stdout)
