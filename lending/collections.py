@@ -19,13 +19,14 @@ Rules chosen where DOMAIN.md is silent are in docs/domain-choices.md (collection
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 from datetime import date, timedelta
 from typing import Any
 
 import msgspec
 
-from lending.loans import LOAN_PAID_OFF, Loan
+from lending.loans import LOAN_PAID_OFF, Installment, Loan
 
 CASE_OPEN = "open"
 CASE_CLOSED = "closed"
@@ -320,19 +321,30 @@ class Reminder(msgspec.Struct, frozen=True):
 def plan_reminder(loan: Loan, day: date, policy: CollectionsPolicy) -> Reminder | None:
     """The reminder to send on day + 1 for this loan, if its strategy asks for one: the
     first rule (in config order) whose offset lands an unpaid installment's due date on the
-    send date. At most one message per loan per day."""
+    send date. At most one message per loan per day. One pass over the installments: end
+    of day asks this of every loan."""
     if loan.status == LOAN_PAID_OFF:
         return None
     send_on = day + timedelta(days=1)
-    for rule in policy.reminders:
-        due = send_on - timedelta(days=rule.offset_days)
-        for inst in loan.installments:
-            if inst.due_date == due and inst.unpaid_total() > 0:
-                amount = (overdue_amount(loan, send_on) if rule.offset_days > 0
-                          else inst.unpaid_total() + overdue_amount(loan, due))
-                return Reminder(send_on, rule.offset_days, rule.template, inst.period,
-                                due, amount)
-    return None
+    rules = _rules_by_offset(tuple(policy.reminders))
+    best: tuple[int, ReminderRule, Installment] | None = None
+    for inst in loan.installments:
+        hit = rules.get((send_on - inst.due_date).days)
+        if hit is not None and (best is None or hit[0] < best[0]) and inst.unpaid_total() > 0:
+            best = (*hit, inst)
+    if best is None:
+        return None
+    _, rule, inst = best
+    amount = (overdue_amount(loan, send_on) if rule.offset_days > 0
+              else inst.unpaid_total() + overdue_amount(loan, inst.due_date))
+    return Reminder(send_on, rule.offset_days, rule.template, inst.period, inst.due_date,
+                    amount)
+
+
+@functools.lru_cache(maxsize=8)
+def _rules_by_offset(rules: tuple[ReminderRule, ...]) -> dict[int, tuple[int, ReminderRule]]:
+    """offset (send date − due date, in days) → (the rule's place in config, the rule)."""
+    return {rule.offset_days: (index, rule) for index, rule in enumerate(rules)}
 
 
 def withholding_due(loan: Loan, due_on: date) -> int:

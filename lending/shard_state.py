@@ -359,7 +359,17 @@ class ShardState:
         for case in diff.cases.values():
             self.keep_case(case)
         self.contact_logs.update(diff.contact_logs)
+        if diff.eod is not None and diff.eod.finished:
+            self._forget_old_contacts(diff.eod.business_date)
         self.next_seq = max(self.next_seq, diff.next_seq)
+
+    def _forget_old_contacts(self, day: date) -> None:
+        """Once a day, drop contact logs the limits no longer look at (as a reload would
+        not read them), so memory holds only customers contacted in the last week."""
+        oldest = day - timedelta(days=coll.WEEK_DAYS - 1)
+        stale = [c for c, log in self.contact_logs.items() if log[-1] < oldest]
+        for customer_id in stale:
+            del self.contact_logs[customer_id]
 
     def keep_case(self, case: CollectionCase) -> None:
         """Memory holds open cases only; closed ones are read from Postgres."""

@@ -268,3 +268,13 @@ def test_case_actions_check_the_assignee_and_are_ops_writes() -> None:
                          any_case=True, text="x")
     replies, diff = apply_batch(state, [unknown], Prefetched(), ctx(day))
     assert replies[0].status == 404 and diff.is_empty()
+
+
+def test_contact_logs_older_than_the_week_leave_memory_at_end_of_day() -> None:
+    state = shard_with([make_loan(term=6)])
+    day = FIRST_DUE - timedelta(days=4)  # plans the D−3 reminder: one contact
+    for offset in range((day - DISBURSED).days):
+        run_day(state, DISBURSED + timedelta(days=offset))
+    state.contact_logs["CU-OLD"] = (day - timedelta(days=9),)
+    run_day(state, day)
+    assert set(state.contact_logs) == {"CU-0000-0000000000"}
