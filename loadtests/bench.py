@@ -534,8 +534,9 @@ def _ops_post(ops_port: int, path: str, body: dict[str, object]) -> httpx.Respon
 def run_eod_bench(config_file: Path | None, loans: int) -> int:
     """Seed `loans` through POST /ops/seed on a fresh system, then time one POST /ops/eod.
     Prints seed_s, seed_loans_per_s, host_rss_bytes_per_loan, eod_s, eod_loans_per_s,
-    recovery_s (a shard host SIGKILLed: until every sample loan is served again) and the
-    trial balance check; exit code non-zero only when something failed."""
+    eod_gl_summary_s (the daily GL summary step, part of eod_s), recovery_s (a shard host
+    SIGKILLed: until every sample loan is served again) and the trial balance check; exit
+    code non-zero only when something failed."""
     figures: dict[str, object] = {"loans": loans}
     ok = True
     with ExitStack() as stack:
@@ -571,6 +572,7 @@ def run_eod_bench(config_file: Path | None, loans: int) -> int:
             eod_s = time.perf_counter() - started
             if eod.status_code == 200:
                 processed = int(eod.json()["loans_processed"])
+                figures["eod_gl_summary_s"] = eod.json()["steps"]["gl_summary_s"]
             else:
                 print(f"eod failed: HTTP {eod.status_code}: {eod.text[:500]}", flush=True)
             ok = ok and eod.status_code == 200 and processed == loans
