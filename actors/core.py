@@ -65,6 +65,8 @@ class ShardCore:
         self._conn: asyncpg.Connection | None = None
         self._inbox: deque[tuple[Command, asyncio.Future[Reply]]] = deque()
         self._wake = asyncio.Event()
+        self._batch_done = asyncio.Event()  # clear while a batch is applied and committed
+        self._batch_done.set()
         self._loop_task: asyncio.Task[None] | None = None
         self.stats = {
             "batches": 0, "commands": 0, "commit_s": 0.0, "failures": 0, "reloads": 0,
@@ -92,6 +94,12 @@ class ShardCore:
             self._wake.set()
         return future
 
+    async def batch_finished(self) -> None:
+        """Return once the batch being applied now, if any, has committed or failed. A
+        batch reads the host's context (business date) when it starts, so after this no
+        batch that read the previous context can still commit."""
+        await self._batch_done.wait()
+
     def queue_depth(self) -> int:
         return len(self._inbox)
 
@@ -116,7 +124,11 @@ class ShardCore:
                 await self._reload()
                 continue
             batch = [self._inbox.popleft() for _ in range(min(self.batch_max, len(self._inbox)))]
-            await self._process(batch)
+            self._batch_done.clear()
+            try:
+                await self._process(batch)
+            finally:
+                self._batch_done.set()
         self._fail_queued(f"shard {self.shard_id} moved to another owner")
         await self._drop_connection()
 

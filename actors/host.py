@@ -131,6 +131,10 @@ class ShardHostCore:
             log.info("host %s: business date %s -> %s", self.config.host_id,
                      self._context.business_date, business_date)
             self._context = msgspec.structs.replace(self._context, business_date=business_date)
+        # A batch that started before the swap may still be committing lines dated the old
+        # date. Wait for it: when this returns, no shard of this host can write a journal
+        # line of the closed date any more (end of day then builds its GL summary).
+        await asyncio.gather(*(core.batch_finished() for core in self.shards.values()))
         return business_date.isoformat()
 
     async def _activate(self, core: ShardCore) -> None:

@@ -15,10 +15,15 @@ A run for business date D:
 4. in ONE Postgres transaction: checks that every shard finished D, advances the business
    date to D + 1 only if it is still D (the fence), and marks the run done with its report,
    built from the progress rows (exact whatever crashed and resumed in between);
-5. makes every host read the new date, and releases the lock.
+5. makes every host read the new date;
+6. builds the daily GL summary of D (storage/gl_summary.py): only now can no journal line
+   dated D commit any more. Its per-book totals and its time go into the stored report;
+   then the lock is released.
 
 Idempotent per date: a run for a date already closed returns the stored report; a run for
-the current date after a crash finishes it without closing any loan twice.
+the current date after a crash finishes it without closing any loan twice. A run that died
+after step 4 left a report without a GL summary: asking for that date again, or the next
+date's run, builds it.
 """
 
 from __future__ import annotations
@@ -40,7 +45,7 @@ from gateway.http import HttpError
 from gateway.router import Overloaded, ShardRouter
 from lending.commands import EodStep
 from lending.shard_state import EodStepResult
-from storage import cluster_store
+from storage import cluster_store, gl_summary
 
 log = logging.getLogger("lendcore.eod")
 
@@ -50,6 +55,8 @@ RETRY_AFTER_S = 5
 SHARD_RETRY_DEADLINE_S = 120.0  # a shard answering 503 this long fails the run (rerun it)
 SHARD_RETRY_BACKOFF_S = (0.1, 0.2, 0.5, 1.0)
 HOST_SYNC_DEADLINE_S = 120.0
+# Postgres unreachable or failing while the GL summary is built (after the date advanced).
+GL_SUMMARY_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
 
 _RESULT = msgspec.json.Decoder(EodStepResult)
 
@@ -153,9 +160,9 @@ class EodRunner:
         mark = time.perf_counter()
         report = await self._advance(day, steps)
         steps["advance_s"] = time.perf_counter() - mark
-        mark = time.perf_counter()
         await self.sync_hosts()
         self.after_advance()
+        report = await self._summarise_gl(day, report)
         log.info("end of day %s: done in %.3f s, business date now %s (%s loans)", day,
                  time.perf_counter() - started, report["next_business_date"],
                  report["loans_processed"])
@@ -272,15 +279,76 @@ class EodRunner:
             raise EodError(409, "invalid_state",
                            f"the business date is {current}: {requested} cannot run yet",
                            "business_date")
-        report = await self.pool.fetchval(
-            "SELECT report FROM eod_runs WHERE business_date = $1 AND status = $2",
-            requested, DONE,
-        )
+        report = await self._stored_report(requested)
         if report is None:
             raise EodError(404, "not_found", f"no end-of-day report for {requested}",
                            "business_date")
+        if gl_summary.REPORT_KEY not in report:
+            # Its run died between advancing the date and storing the GL summary; a host
+            # may not even have read the new date yet.
+            await self.sync_hosts()
+            report = await self._summarise_gl(requested, report)
+        return report
+
+    async def _stored_report(self, day: date) -> dict[str, Any] | None:
+        report = await self.pool.fetchval(
+            "SELECT report FROM eod_runs WHERE business_date = $1 AND status = $2", day, DONE,
+        )
+        if report is None:
+            return None
         result: dict[str, Any] = msgspec.json.decode(report)
         return result
+
+    # ---- the daily GL summary (DOMAIN.md §5; storage/gl_summary.py) ----------------------
+
+    async def _summarise_gl(self, day: date, report: dict[str, Any]) -> dict[str, Any]:
+        """The GL summary of the closed date `day`; call it only once every host reads a
+        later date (no line dated `day` can commit any more). When the previous date's run
+        died before storing its summary, that one is built first, so that `day` opens on
+        its closing instead of re-reading the whole journal."""
+        previous_day = day - timedelta(days=1)
+        previous = await self._stored_report(previous_day)
+        if previous is not None and gl_summary.REPORT_KEY not in previous:
+            await self._with_gl_summary(previous_day, previous)
+        return await self._with_gl_summary(day, report)
+
+    async def _with_gl_summary(self, day: date, report: dict[str, Any]) -> dict[str, Any]:
+        """Build the summary of `day` and store its per-book totals and time in the run
+        report; returns the report as stored (a concurrent request may have stored its
+        own first: a date always answers the same report)."""
+        if gl_summary.REPORT_KEY in report:
+            return report
+        again = f'POST /ops/eod {{"business_date": "{day}"}} builds it'
+        try:
+            return await self._build_gl_summary(day, report)
+        except gl_summary.GlSummaryMismatch as exc:
+            raise EodError(500, "gl_summary_mismatch",
+                           f"end of day {day} is done and the business date moved on, but "
+                           f"{exc}; investigate the ledger, then {again}") from exc
+        except GL_SUMMARY_ERRORS as exc:
+            # Not "run again": a run without a date would close the next day.
+            raise EodError(503, "unavailable",
+                           f"end of day {day} is done and the business date moved on, but "
+                           f"its GL summary failed ({type(exc).__name__}): {again}",
+                           retry_after_s=RETRY_AFTER_S) from exc
+
+    async def _build_gl_summary(self, day: date, report: dict[str, Any]) -> dict[str, Any]:
+        started = time.perf_counter()
+        await gl_summary.build(self.pool, range(self.router.logical_shards), day)
+        totals = await gl_summary.book_totals(self.pool, day)
+        steps = {**report["steps"], "gl_summary_s": round(time.perf_counter() - started, 3)}
+        summarised = {**report, "steps": steps, gl_summary.REPORT_KEY: totals}
+        stored = await self.pool.fetchval(
+            "UPDATE eod_runs SET report = $2::jsonb "
+            "WHERE business_date = $1 AND status = $3 AND NOT report ? $4 RETURNING true",
+            day, msgspec.json.encode(summarised).decode(), DONE, gl_summary.REPORT_KEY,
+        )
+        if stored:
+            return summarised
+        first = await self._stored_report(day)
+        if first is None:  # only a done run gets here: its row cannot have gone back
+            raise EodError(409, "invalid_state", f"the end-of-day run of {day} is not done")
+        return first
 
     # ---- what operators watch -----------------------------------------------------------
 

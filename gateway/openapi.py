@@ -48,6 +48,33 @@ class TrialBalance(msgspec.Struct):
     balanced: bool
 
 
+class DailySummaryAccount(msgspec.Struct):
+    """One account of a day's GL summary: balances before and after the day, positive on
+    the account's normal side as in the trial balance; the day's debits and credits."""
+
+    code: str
+    name: str
+    role: str
+    opening: int
+    debit: int
+    credit: int
+    closing: int
+
+
+class DailySummary(msgspec.Struct):
+    """总账日汇总 of one closed business date (`storage/gl_summary.py`), one book or all
+    books summed (`book` null). Every account with entries up to that date is listed, moved
+    that day or not; closing of a date = opening of the next. `balanced`: the day's
+    total_debit == total_credit."""
+
+    book: str | None
+    business_date: str
+    accounts: list[DailySummaryAccount]
+    total_debit: int
+    total_credit: int
+    balanced: bool
+
+
 class ReconciliationDifference(msgspec.Struct):
     """An account where a loan's journal disagrees with its state (net debit, fen). A
     `loan_id` with no stored loan is reported with `expected` 0."""
@@ -135,6 +162,7 @@ class AuditPage(msgspec.Struct):
 _TYPES: list[Any] = [
     ApplicationIn, BookLoanIn, RepaymentIn, BatchRepaymentItemIn, ApplicationView, LoanView,
     PayoffView, RepaymentView, CustomerView, BatchResponse, ErrorBody, TrialBalance,
+    DailySummary,
     Reconciliation, ReviewPage, ClaimView, ReleaseView, ReviewDecisionIn, ReviewResult,
     BusinessDate, Application, BlacklistIn, BlacklistPage, BlacklistAdded, BlacklistDeleted,
     AuditPage, AssignIn, NoteIn, ContactIn, PromiseIn, CaseActionResult, CollectionCase,
@@ -317,6 +345,19 @@ def _ops_operation(
     return op
 
 
+def _daily_summary_operation() -> dict[str, Any]:
+    op = _ops_operation(
+        "Daily GL summary (总账日汇总) of a closed business date: per account the opening "
+        "balance, the day's debits and credits, the closing balance. Built by end of day: "
+        "404 until that date's end of day built it",
+        "DailySummary",
+        (("business_date", "a closed business date, YYYY-MM-DD"),
+         ("book", "a book (e.g. own); absent: all books summed; unknown: 400")),
+        errors=(400, 401, 404))
+    op["parameters"][0]["required"] = True  # business_date
+    return op
+
+
 def _review_operation(
     summary: str, response: str, request: str | None = None,
     errors: tuple[int, ...] = (401, 403, 404, 409, 503),
@@ -385,6 +426,7 @@ def build_openapi() -> bytes:
             "/ops/ledger/trial-balance": {"get": _ops_operation(
                 "Trial balance, one book or all", "TrialBalance",
                 (("book", "a book (e.g. own); absent: all books summed"),))},
+            "/ops/ledger/daily-summary": {"get": _daily_summary_operation()},
             "/ops/ledger/reconciliation": {"get": _ops_operation(
                 "Reconciliation of every loan's state against its journal (reads every loan "
                 "and sums the journal per shard: use ?shard= on large books)",

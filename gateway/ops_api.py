@@ -42,7 +42,7 @@ from gateway.partner_api import LATENCY, REQUESTS
 from gateway.pii import PiiVault
 from lending.chart import Chart
 from lending.shard_state import shard_of_id
-from storage import audit, cluster_store
+from storage import audit, cluster_store, gl_summary
 from storage.applications_store import application_detail
 
 if TYPE_CHECKING:
@@ -263,6 +263,9 @@ class OpsApi:
             book = query.get("book", [None])[0] or None
             report = await cluster_store.trial_balance(self.pool, self.chart, book)
             return "trial_balance", JSON.encode(report)
+        if path == "/ops/ledger/daily-summary":
+            self._authorise(scope, "viewer")
+            return "daily_summary", JSON.encode(await self._daily_summary(query))
         if path == "/ops/ledger/reconciliation":
             self._authorise(scope, "viewer")
             book = query.get("book", [None])[0] or None
@@ -285,6 +288,24 @@ class OpsApi:
             return "audit", JSON.encode(
                 {"target": target, "entries": await audit.history(self.pool, target, limit)})
         raise HttpError(404, "not_found", f"no route {method} {path}")
+
+    async def _daily_summary(self, query: dict[str, list[str]]) -> dict[str, Any]:
+        """总账日汇总 of one closed business date (DOMAIN.md §5), one book or all."""
+        day = gl_summary.parse_business_date(query.get("business_date", [""])[0])
+        if day is None:
+            raise HttpError(400, "invalid_request", "business_date must be a YYYY-MM-DD date",
+                            "business_date")
+        book = query.get("book", [None])[0] or None
+        if book is not None:
+            books = await gl_summary.known_books(self.pool)
+            if book not in books:
+                raise HttpError(400, "invalid_request",
+                                f"unknown book {book!r}; books: {', '.join(books)}", "book")
+        if not await gl_summary.is_built(self.pool, day):
+            raise HttpError(404, "not_found",
+                            f"no daily GL summary of {day}: end of day builds it once the "
+                            "date is closed", "business_date")
+        return await gl_summary.daily_summary(self.pool, self.chart, book, day)
 
     # ---- end of day (admin runs, every role watches) ------------------------------------
 

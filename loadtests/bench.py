@@ -566,8 +566,9 @@ def _time_outbox(
 def run_eod_bench(config_file: Path | None, loans: int) -> int:
     """Seed `loans` through POST /ops/seed on a fresh system, then time one POST /ops/eod.
     Prints seed_s, seed_loans_per_s, host_rss_bytes_per_loan, eod_s, eod_loans_per_s,
-    recovery_s (a shard host SIGKILLed: until every sample loan is served again) and the
-    trial balance check; exit code non-zero only when something failed."""
+    eod_gl_summary_s (the daily GL summary step, part of eod_s), recovery_s (a shard host
+    SIGKILLed: until every sample loan is served again) and the trial balance check; exit
+    code non-zero only when something failed."""
     figures: dict[str, object] = {"loans": loans}
     ok = True
     with ExitStack() as stack:
@@ -603,6 +604,7 @@ def run_eod_bench(config_file: Path | None, loans: int) -> int:
             eod_s = time.perf_counter() - started
             if eod.status_code == 200:
                 processed = int(eod.json()["loans_processed"])
+                figures["eod_gl_summary_s"] = eod.json()["steps"]["gl_summary_s"]
             else:
                 print(f"eod failed: HTTP {eod.status_code}: {eod.text[:500]}", flush=True)
             ok = ok and eod.status_code == 200 and processed == loans
