@@ -11,7 +11,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import date, datetime, timedelta, timezone
 from typing import Any
 
@@ -25,6 +25,7 @@ from actors.host import HostConfig
 from actors.ray_host import ShardHostActor
 from cluster.config import Settings, load_partner_secrets
 from cluster.eod import EodRunner
+from cluster.eod_schedule import EodScheduler, wall_clock
 from gateway.antifraud import AntiFraud, Blacklist
 from gateway.connectors import ConnectorRunner
 from gateway.guard import RedisGuard
@@ -75,8 +76,12 @@ def risk_policy(settings: Settings) -> RiskPolicy:
 
 
 class System:
-    def __init__(self, settings: Settings, pg_dsn: str, redis_url: str) -> None:
+    def __init__(
+        self, settings: Settings, pg_dsn: str, redis_url: str,
+        clock: Callable[[], datetime] = wall_clock,
+    ) -> None:
         self.settings = settings
+        self.clock = clock  # wall-clock time of the end-of-day schedule (tests control it)
         self.pg_dsn = pg_dsn
         self.redis_url = redis_url
         # Loaded first: a broken chart of accounts must stop start-up before anything runs.
@@ -91,6 +96,7 @@ class System:
         self.antifraud: AntiFraud | None = None  # what the partner API screens with
         self.connectors: ConnectorRunner | None = None  # external data sources
         self.eod: EodRunner | None = None  # end of day (POST /ops/eod)
+        self.eod_scheduler: EodScheduler | None = None  # end of day by itself ([eod] schedule_*)
         self._servers: list[_Server] = []
         self._server_tasks: list[asyncio.Task[None]] = []
         self.api_url = ""
@@ -115,6 +121,8 @@ class System:
         self.router.start()
         await self._start_servers()
         await self._wait_hosts_ready()
+        assert self.eod_scheduler is not None
+        self.eod_scheduler.start()  # its first firing may run end of day: hosts must serve
 
     def host_config(self, host_id: int, shard_ids: list[int]) -> HostConfig:
         s = self.settings
@@ -213,6 +221,7 @@ class System:
             pool=self._pool, redis=self._redis, prefix=s.redis.key_prefix, router=self.router,
             sync_hosts=self.sync_business_date, settings=s.eod,
         )
+        self.eod_scheduler = EodScheduler(self.eod, s.eod, now=self.clock)
         ops = OpsApi(
             operators=[Operator(o.name, o.token, o.roles) for o in s.operators],
             pool=self._pool,
@@ -231,6 +240,7 @@ class System:
                 page_max=s.review.page_max,
             ),
             eod=self.eod,
+            eod_schedule=self.eod_scheduler.view,
             seeder=Seeder(pool=self._pool, router=self.router),
         )
         for app, host, port in (
@@ -334,6 +344,8 @@ class System:
 
     async def stop(self) -> None:
         """Drain: stop accepting, let in-flight requests finish, stop hosts, close."""
+        if self.eod_scheduler is not None:
+            await self.eod_scheduler.stop()  # first: a scheduled run needs the hosts
         for server in self._servers:
             server.should_exit = True
         await asyncio.gather(*self._server_tasks, return_exceptions=True)
