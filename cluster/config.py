@@ -7,9 +7,12 @@ a config file is an error at start-up, not a silent default.
 from __future__ import annotations
 
 import os
+import re
 import tomllib
+from datetime import time
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import msgspec
 
@@ -147,11 +150,38 @@ class ReviewSettings(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class EodSettings(msgspec.Struct, forbid_unknown_fields=True):
-    """End of day (cluster/eod.py)."""
+    """End of day (cluster/eod.py) and its daily schedule (cluster/eod_schedule.py)."""
 
     chunk_loans: int = 2000  # loans one EodStep closes in one shard commit
     shard_concurrency: int = 4  # shards of one host running their EOD chunks at once
     lock_ttl_s: float = 30.0  # the Redis run lock expires this long after its last renewal
+    schedule_enabled: bool = False  # run end of day by itself every day at schedule_at
+    schedule_at: str = "23:30"  # the daily cut-off, wall-clock HH:MM in schedule_timezone
+    schedule_timezone: str = "Asia/Shanghai"  # IANA zone of schedule_at and of "today"
+    catch_up_max_days: int = 7  # most business dates one firing closes
+
+    def schedule_time(self) -> time:
+        """`schedule_at` as a time of day; ValueError naming the key when it is not HH:MM."""
+        if not _HH_MM.fullmatch(self.schedule_at):
+            raise ValueError(
+                f"eod.schedule_at must be a wall-clock time HH:MM (00:00..23:59), "
+                f"not {self.schedule_at!r}"
+            )
+        return time.fromisoformat(self.schedule_at)
+
+    def schedule_zone(self) -> ZoneInfo:
+        """`schedule_timezone` as a zone; ValueError naming the key when it is unknown."""
+        try:
+            return ZoneInfo(self.schedule_timezone)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            # ZoneInfoNotFoundError: no such zone; ValueError: not a zone key at all ("", "../x")
+            raise ValueError(
+                f"eod.schedule_timezone must be an IANA time zone such as 'Asia/Shanghai', "
+                f"not {self.schedule_timezone!r}"
+            ) from exc
+
+
+_HH_MM = re.compile(r"([01][0-9]|2[0-3]):[0-5][0-9]")
 
 
 class OutboxSettings(msgspec.Struct, forbid_unknown_fields=True):
@@ -307,6 +337,14 @@ def _validate(settings: Settings) -> None:
         raise ConfigError("eod.shard_concurrency must be in 1..1000")
     if not 1 <= eod.lock_ttl_s <= 3600:
         raise ConfigError("eod.lock_ttl_s must be in 1..3600")
+    if not 1 <= eod.catch_up_max_days <= 366:
+        raise ConfigError("eod.catch_up_max_days must be in 1..366")
+    try:
+        # Checked even while the schedule is off: a typo must not wait for the day it is on.
+        eod.schedule_time()
+        eod.schedule_zone()
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
     for name in ("pii_key_hex", "hash_key_hex"):
         value = getattr(settings.security, name)
         if len(bytes.fromhex(value)) != 32:

@@ -108,6 +108,10 @@ class EodRunner:
 
     # ---- the run ------------------------------------------------------------------------
 
+    async def business_date(self) -> date:
+        """The current business date, from Postgres (the scheduler asks before each run)."""
+        return await cluster_store.business_date(self.pool)
+
     async def run(
         self, requested: date | None = None, progress: ProgressFn | None = None
     ) -> dict[str, Any]:

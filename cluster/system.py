@@ -11,7 +11,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import date, datetime, timedelta, timezone
 from typing import Any
 
@@ -25,6 +25,7 @@ from actors.host import HostConfig
 from actors.ray_host import ShardHostActor
 from cluster.config import Settings, load_partner_secrets
 from cluster.eod import EodRunner
+from cluster.eod_schedule import EodScheduler, wall_clock
 from cluster.outbox import Outbox
 from gateway.antifraud import AntiFraud, Blacklist
 from gateway.collections_desk import CollectionsDesk
@@ -77,8 +78,12 @@ def risk_policy(settings: Settings) -> RiskPolicy:
 
 
 class System:
-    def __init__(self, settings: Settings, pg_dsn: str, redis_url: str) -> None:
+    def __init__(
+        self, settings: Settings, pg_dsn: str, redis_url: str,
+        clock: Callable[[], datetime] = wall_clock,
+    ) -> None:
         self.settings = settings
+        self.clock = clock  # wall-clock time of the end-of-day schedule (tests control it)
         self.pg_dsn = pg_dsn
         self.redis_url = redis_url
         # Loaded first: a broken chart of accounts must stop start-up before anything runs.
@@ -95,6 +100,7 @@ class System:
         self.eod: EodRunner | None = None  # end of day (POST /ops/eod)
         self.outbox: Outbox | None = None  # sends what end of day planned (SMS, withholding)
         self._outbox_task: asyncio.Task[Any] | None = None
+        self.eod_scheduler: EodScheduler | None = None  # end of day by itself ([eod] schedule_*)
         self._servers: list[_Server] = []
         self._server_tasks: list[asyncio.Task[None]] = []
         self.api_url = ""
@@ -119,6 +125,8 @@ class System:
         self.router.start()
         await self._start_servers()
         await self._wait_hosts_ready()
+        assert self.eod_scheduler is not None
+        self.eod_scheduler.start()  # its first firing may run end of day: hosts must serve
         self.start_outbox_drain()  # what a crash left pending
 
     def host_config(self, host_id: int, shard_ids: list[int]) -> HostConfig:
@@ -223,6 +231,7 @@ class System:
             sync_hosts=self.sync_business_date, settings=s.eod,
             after_advance=self.start_outbox_drain,
         )
+        self.eod_scheduler = EodScheduler(self.eod, s.eod, now=self.clock)
         ops = OpsApi(
             operators=[Operator(o.name, o.token, o.roles) for o in s.operators],
             pool=self._pool,
@@ -241,6 +250,7 @@ class System:
                 page_max=s.review.page_max,
             ),
             eod=self.eod,
+            eod_schedule=self.eod_scheduler.view,
             seeder=Seeder(pool=self._pool, router=self.router),
             collections=CollectionsDesk(pool=self._pool, router=self.router,
                                         drain=self.outbox.drain),
@@ -366,6 +376,8 @@ class System:
 
     async def stop(self) -> None:
         """Drain: stop accepting, let in-flight requests finish, stop hosts, close."""
+        if self.eod_scheduler is not None:
+            await self.eod_scheduler.stop()  # first: a scheduled run needs the hosts
         for server in self._servers:
             server.should_exit = True
         await asyncio.gather(*self._server_tasks, return_exceptions=True)

@@ -437,7 +437,9 @@ def build_openapi() -> bytes:
             "/ops/cluster": {"get": _ops_operation("Nodes, shard map, queues, restarts")},
             "/ops/eod": {
                 "get": _ops_operation(
-                    "The current or last end-of-day run: status, per-shard progress, report"),
+                    "The current or last end-of-day run: status, per-shard progress, report; "
+                    "and the daily schedule (enabled, at, timezone, catch_up_max_days, "
+                    "next_firing, last_run)"),
                 "post": _ops_operation(
                     "Run (or resume) end of day for the current business date and advance it "
                     "(admin); body {} or {\"business_date\": \"YYYY-MM-DD\"}: a closed date "

@@ -168,11 +168,13 @@ class OpsApi:
         blacklist: Blacklist,
         reviews: ReviewDesk,
         eod: EodService,
+        eod_schedule: Callable[[], dict[str, Any]],
         seeder: SeedService,
         collections: CollectionsDesk,
     ) -> None:
         self.eod = eod
         self.collections = collections
+        self.eod_schedule = eod_schedule  # the daily schedule's view (cluster/eod_schedule.py)
         self.seeder = seeder
         self.operators = operators
         self.reviews = reviews
@@ -312,7 +314,9 @@ class OpsApi:
     async def _eod(self, scope: Scope, receive: Receive, method: str) -> tuple[str, bytes]:
         if method == "GET":
             self._authorise(scope, "viewer")
-            return "eod_status", JSON.encode(await self.eod.status())
+            status = await self.eod.status()
+            status["schedule"] = self.eod_schedule()
+            return "eod_status", JSON.encode(status)
         if method != "POST":
             raise HttpError(404, "not_found", f"no route {method} /ops/eod")
         self._authorise(scope, "admin")

@@ -10,8 +10,9 @@ import shutil
 import tempfile
 import threading
 import uuid
-from collections.abc import Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
@@ -24,6 +25,7 @@ import uvloop
 from conftest_redis import REDIS_URL, delete_keys_with_prefix
 
 from cluster.config import Settings, load_settings
+from cluster.eod_schedule import wall_clock
 from cluster.system import System
 from loadtests.client import PartnerClient
 
@@ -81,8 +83,10 @@ def system_settings(
 class RunningSystem:
     """A System served from its own uvloop in a background thread."""
 
-    def __init__(self, settings: Settings, pg_dsn: str) -> None:
-        self.system = System(settings, pg_dsn, settings.redis.url)
+    def __init__(
+        self, settings: Settings, pg_dsn: str, clock: Callable[[], datetime] = wall_clock
+    ) -> None:
+        self.system = System(settings, pg_dsn, settings.redis.url, clock)
         self.loop = uvloop.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
 
@@ -118,14 +122,18 @@ def ray_cluster() -> Iterator[None]:
 
 
 @contextmanager
-def fresh_system(config_file: Path | None = None, **extra_env: str) -> Iterator[RunningSystem]:
+def fresh_system(
+    config_file: Path | None = None, *, clock: Callable[[], datetime] = wall_clock,
+    **extra_env: str,
+) -> Iterator[RunningSystem]:
     """A running system on its own new database and Redis prefix, removed afterwards;
-    `config_file` is layered over config/default.toml like `lendcore up --config`."""
+    `config_file` is layered over config/default.toml like `lendcore up --config`; `clock`
+    is the wall clock of its end-of-day schedule."""
     name, dsn = create_database()
     prefix = f"lendcore-test-{uuid.uuid4().hex}:"
     try:
         settings = system_settings(dsn, prefix, config_file, **extra_env)
-        running = RunningSystem(settings, dsn).start()
+        running = RunningSystem(settings, dsn, clock).start()
         try:
             yield running
         finally:
