@@ -45,10 +45,11 @@ from gateway.http import HttpError
 from gateway.router import Overloaded, ShardRouter
 from lending.commands import EodStep
 from lending.shard_state import EodStepResult
-from storage import cluster_store, gl_summary
+from storage import audit, cluster_store, gl_summary
 
 log = logging.getLogger("lendcore.eod")
 
+SCHEDULER_ACTOR = "scheduler"  # the audit actor of runs nobody asked for by name
 RUNNING = "running"
 DONE = "done"
 RETRY_AFTER_S = 5
@@ -113,10 +114,12 @@ class EodRunner:
         return await cluster_store.business_date(self.pool)
 
     async def run(
-        self, requested: date | None = None, progress: ProgressFn | None = None
+        self, requested: date | None = None, progress: ProgressFn | None = None,
+        actor: str = SCHEDULER_ACTOR,
     ) -> dict[str, Any]:
         """Run (or resume) end of day for the current business date, or return the stored
-        report when `requested` is a date already closed."""
+        report when `requested` is a date already closed. `actor` (the operator, or the
+        scheduler) is audited with the advance of the date."""
         current = await cluster_store.business_date(self.pool)
         if requested is not None and requested != current:
             return await self._closed_report(requested, current)
@@ -132,7 +135,7 @@ class EodRunner:
             day = await cluster_store.business_date(self.pool)
             if requested is not None and requested != day:
                 return await self._closed_report(requested, day)
-            return await self._run(day, progress, lost)
+            return await self._run(day, progress, lost, actor)
         finally:
             renewer.cancel()
             await asyncio.gather(renewer, return_exceptions=True)
@@ -142,7 +145,7 @@ class EodRunner:
                 log.warning("eod lock not released (%s); it expires by TTL", exc)
 
     async def _run(
-        self, day: date, progress: ProgressFn | None, lost: asyncio.Event
+        self, day: date, progress: ProgressFn | None, lost: asyncio.Event, actor: str
     ) -> dict[str, Any]:
         started = time.perf_counter()
         steps: dict[str, float] = {}
@@ -162,7 +165,7 @@ class EodRunner:
             raise EodError(503, "unavailable", "the end-of-day lock was lost; run again",
                            retry_after_s=RETRY_AFTER_S)
         mark = time.perf_counter()
-        report = await self._advance(day, steps)
+        report = await self._advance(day, steps, actor)
         steps["advance_s"] = time.perf_counter() - mark
         await self.sync_hosts()
         self.after_advance()
@@ -244,8 +247,11 @@ class EodRunner:
             if reply is not None and reply.status == 409:
                 await self.sync_hosts()
 
-    async def _advance(self, day: date, steps: dict[str, float]) -> dict[str, Any]:
-        """The fenced switch to D + 1 and the run's report, in one transaction."""
+    async def _advance(
+        self, day: date, steps: dict[str, float], actor: str
+    ) -> dict[str, Any]:
+        """The fenced switch to D + 1, the run's report and its audit row, in one
+        transaction."""
         shards = self.router.logical_shards
         async with self.pool.acquire() as conn, conn.transaction():
             rows = await conn.fetch(
@@ -275,6 +281,13 @@ class EodRunner:
                 "UPDATE eod_runs SET status = $2, finished_at = $3, report = $4::jsonb "
                 "WHERE business_date = $1",
                 day, DONE, now, msgspec.json.encode(report).decode(),
+            )
+            await audit.record(
+                conn, shard_id=0, actor=actor, action="eod.run", target=f"eod:{day}",
+                before={"business_date": day.isoformat()},
+                after={"business_date": next_day.isoformat(),
+                       "loans_processed": report["loans_processed"],
+                       "attempts": report["attempts"]},
             )
         return report
 

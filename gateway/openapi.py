@@ -498,7 +498,8 @@ def build_openapi() -> bytes:
                 "Audit trail of one object (who, what, when, before/after), oldest first",
                 "AuditPage",
                 query=(("target", "required: application:{application_id} (review claims, "
-                        "releases and decisions) or blacklist:{kind}:{value_hash}"),
+                        "releases and decisions), blacklist:{kind}:{value_hash}, "
+                        "case:{case_id} (collections) or eod:{business_date}"),
                        ("limit", "1..1000, default 100")),
                 errors=(400, 401))},
             "/ops/collections/cases": {"get": _ops_operation(

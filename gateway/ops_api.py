@@ -53,7 +53,7 @@ if TYPE_CHECKING:
 class EodService(Protocol):
     """End of day as the operator API uses it (cluster/eod.py EodRunner)."""
 
-    async def run(self, requested: date | None = None) -> dict[str, Any]: ...
+    async def run(self, requested: date | None = None, *, actor: str) -> dict[str, Any]: ...
 
     async def status(self) -> dict[str, Any]: ...
 
@@ -319,7 +319,7 @@ class OpsApi:
             return "eod_status", JSON.encode(status)
         if method != "POST":
             raise HttpError(404, "not_found", f"no route {method} /ops/eod")
-        self._authorise(scope, "admin")
+        operator = self._authorise(scope, "admin")
         raw = await read_ops_body(scope, receive)
         requested = None
         if raw.strip():
@@ -327,7 +327,7 @@ class OpsApi:
             if body.business_date is not None:
                 requested = _iso_date(body.business_date)
         try:
-            report = await self.eod.run(requested)
+            report = await self.eod.run(requested, actor=operator.name)
         except HttpError:
             raise
         except Exception as exc:  # Postgres, Redis or a host down: the date did not move

@@ -199,6 +199,12 @@ def test_ninety_days_against_hand_figures(eod_system: RunningSystem) -> None:
     total_interest = sum(r["accrued_interest"] for r in reports)
     assert total_interest == sum(
         interest_recognised(schedules[n], D0 + timedelta(days=89)) for n in loans)
+    # every run is audited with the advance of the date: who, from which date to which
+    audited = ops.client.get("/ops/audit", params={"target": f"eod:{D0.isoformat()}"},
+                             headers=ops_auth()).json()["entries"]
+    assert [(e["actor"], e["action"], e["before"], e["after"]["business_date"])
+            for e in audited] == [("admin", "eod.run", {"business_date": D0.isoformat()},
+                                   (D0 + timedelta(days=1)).isoformat())]
     # never: oldest unpaid due 2026-12-28, business date now 2027-02-27 → DPD 61, M3
     assert get_loan(client, never["loan_id"])["dpd"] == 61
     assert last["buckets"] == {"C": 1, "M1": 1, "M3": 1}
