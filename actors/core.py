@@ -22,6 +22,7 @@ from collections.abc import Callable
 
 import asyncpg
 
+from actors.heap import is_bulk, release_free_memory
 from lending.commands import WRITE_COMMANDS, Command, Reply, error_reply, is_write
 from lending.shard_state import ApplyContext, Prefetched, ShardState, apply_batch, wanted_refs
 from storage.shard_store import LeaseLost, ShardStore
@@ -77,6 +78,7 @@ class ShardCore:
         """Take the lease (epoch + 1) and rebuild memory from Postgres."""
         self.epoch, next_seq = await self.store.acquire_lease(self.shard_id)
         self.state = await self.store.load(self.shard_id, next_seq)
+        release_free_memory()  # what decoding the rows used
         self._conn = await self.store.pool.acquire()
         self.status = SERVING
         self._loop_task = asyncio.create_task(self._run(), name=f"shard-{self.shard_id}")
@@ -158,6 +160,8 @@ class ShardCore:
         for (_, future), reply in zip(batch, replies, strict=True):
             if not future.done():
                 future.set_result(reply)
+        if is_bulk(commands):
+            release_free_memory()  # what the batch's Diff and rows used (actors/heap.py)
 
     async def _apply_alone(self, command: Command) -> Reply:
         if self.status != SERVING:
@@ -212,6 +216,7 @@ class ShardCore:
             try:
                 next_seq = await self._stored_next_seq()
                 self.state = await self.store.load(self.shard_id, next_seq)
+                release_free_memory()
                 self._conn = await self.store.pool.acquire()
             except LeaseLost as lost:
                 log.warning("%s", lost)

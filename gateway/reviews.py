@@ -251,7 +251,7 @@ class ReviewDesk:
                 product_code=app.product_code,
                 amount=app.amount,
                 term=app.term,
-                reasons=app.reasons,
+                reasons=list(app.reasons),
                 created_on=app.created_on,
                 needs_checker=app.amount > self.maker_checker_amount_over,
                 claim=claim,

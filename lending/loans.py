@@ -64,7 +64,11 @@ _DAILY_DENOMINATOR = BPS_PER_UNIT * DAYS_PER_YEAR  # daily rate = bps / 3,600,00
 _MONTHLY_DENOMINATOR = BPS_PER_UNIT * MONTHS_PER_YEAR
 
 
-class Installment(msgspec.Struct, array_like=True):
+# gc=False (Installment, Loan): no reference cycle can pass through them (their fields are
+# ints, strings, dates, booleans and, for a Loan, a list of Installments or packed bytes),
+# so the cycle collector need not track them: 16 bytes less per object, and a full
+# collection no longer walks every loan and installment of the shard.
+class Installment(msgspec.Struct, array_like=True, gc=False):
     period: int
     due_date: date
     principal: int
@@ -98,7 +102,7 @@ class Installment(msgspec.Struct, array_like=True):
         )
 
 
-class Loan(msgspec.Struct):
+class Loan(msgspec.Struct, gc=False):
     loan_id: str
     application_id: str
     customer_id: str

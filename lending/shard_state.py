@@ -12,7 +12,8 @@ from __future__ import annotations
 import hashlib
 import heapq
 import random
-from collections.abc import Iterator
+import sys
+from collections.abc import Iterator, Sequence
 from datetime import date, timedelta
 from typing import Any
 
@@ -53,6 +54,14 @@ from lending.loans import (
     new_loan,
     payoff_quote,
 )
+from lending.memory import (
+    freeze_loan,
+    shared_date,
+    shared_rate,
+    shared_strings,
+    thaw_loan,
+    with_shared_values,
+)
 from lending.origination import ApplicationInput, CustomerSnapshot, DecisionTrace, decide
 from lending.products import Product, ProductCatalog
 from lending.riskbook import RiskBook
@@ -81,7 +90,13 @@ def shard_of_id(kind: str, value: str) -> int | None:
     return int(shard)
 
 
-class Customer(msgspec.Struct):
+# gc=False (Customer, Application): their fields are strings, bytes, numbers, dates, lists of
+# strings and, for an application, its decision trace, none of which can refer back to them,
+# so no reference cycle passes through them and the collector need not track them.
+# partner_ids, loan_ids and reasons are read-only sequences: built as lists, decoded from
+# Postgres as lists, kept as tuples in shard memory (ShardState.keep_*), where a tuple is
+# one object and () is shared.
+class Customer(msgspec.Struct, gc=False):
     customer_id: str
     id_hash: str
     id_number_enc: bytes
@@ -90,13 +105,13 @@ class Customer(msgspec.Struct):
     id_number_masked: str
     name_masked: str
     phone_masked: str
-    partner_ids: list[str]
+    partner_ids: Sequence[str]
     credit_limit: int
-    loan_ids: list[str]
+    loan_ids: Sequence[str]
     created_on: date
 
 
-class Application(msgspec.Struct):
+class Application(msgspec.Struct, gc=False):
     application_id: str
     partner_id: str
     partner_application_id: str
@@ -106,7 +121,7 @@ class Application(msgspec.Struct):
     amount: int
     term: int
     status: str
-    reasons: list[str]
+    reasons: Sequence[str]
     approved_amount: int | None
     annual_rate_bps: int | None
     apr_bps: int | None
@@ -330,7 +345,13 @@ class ApplyContext(msgspec.Struct, frozen=True):
 
 
 class ShardState:
-    """Memory of one logical shard. Only `commit` changes it."""
+    """Memory of one logical shard. Only `commit` (and, at start, the load) changes it.
+
+    Everything is kept compact, since a shard host holds every loan of its shards
+    (docs/performance.md): loans frozen (lending.memory; read them with `loan`, which thaws,
+    though their scalar fields read as usual), repeated strings and dates shared, one string
+    object per id, and read-only sequences as tuples. The `keep_*` methods do that, for
+    objects a batch committed and for objects loaded from Postgres alike."""
 
     def __init__(self, shard_id: int, next_seq: int = 1) -> None:
         self.shard_id = shard_id
@@ -338,7 +359,8 @@ class ShardState:
         self.customers: dict[str, Customer] = {}
         self.customer_by_hash: dict[str, str] = {}
         self.applications: dict[str, Application] = {}
-        self.application_by_ref: dict[tuple[str, str], str] = {}
+        # partner_id → partner_application_id → application_id (no tuple key per application)
+        self.application_ids_by_ref: dict[str, dict[str, str]] = {}
         self.loans: dict[str, Loan] = {}
         self.reviews: dict[str, Review] = {}
         self.cases: dict[str, CollectionCase] = {}  # open collection cases only
@@ -347,14 +369,11 @@ class ShardState:
 
     def commit(self, diff: Diff) -> None:
         for customer in diff.customers.values():
-            self.customers[customer.customer_id] = customer
-            self.customer_by_hash[customer.id_hash] = customer.customer_id
+            self.keep_customer(customer)
         for app in diff.applications.values():
-            self.applications[app.application_id] = without_trace(app)
-            self.application_by_ref[(app.partner_id, app.partner_application_id)] = (
-                app.application_id
-            )
-        self.loans.update(diff.loans)
+            self.keep_application(app)
+        for loan in diff.loans.values():
+            self.keep_loan(loan)
         self.reviews.update(diff.reviews)
         for case in diff.cases.values():
             self.keep_case(case)
@@ -380,6 +399,87 @@ class ShardState:
             self.cases.pop(case.case_id, None)
             if self.case_by_loan.get(case.loan_id) == case.case_id:
                 del self.case_by_loan[case.loan_id]
+
+    def loan(self, loan_id: str) -> Loan | None:
+        """The loan, thawed: ready for the servicing code."""
+        loan = self.loans.get(loan_id)
+        return None if loan is None else thaw_loan(loan)
+
+    def application_id_by_ref(self, partner_id: str, partner_application_id: str) -> str | None:
+        return self.application_ids_by_ref.get(partner_id, {}).get(partner_application_id)
+
+    def keep_customer(self, customer: Customer) -> None:
+        """A customer a batch committed or the load read, compacted (see the class doc)."""
+        kept = msgspec.structs.replace(
+            customer,
+            name_masked=sys.intern(customer.name_masked),  # "张*": a few hundred values
+            partner_ids=shared_strings(customer.partner_ids),
+            loan_ids=tuple(customer.loan_ids),
+            created_on=shared_date(customer.created_on),
+        )
+        self.customers[kept.customer_id] = kept
+        self.customer_by_hash[kept.id_hash] = kept.customer_id
+
+    def keep_application(self, app: Application) -> None:
+        """An application a batch committed or the load read, compacted, without its trace.
+        Its customer is kept first (commit and load both keep customers first), so its ids
+        can be the customer's objects."""
+        customer = self.customers.get(app.customer_id)
+        kept = msgspec.structs.replace(
+            without_trace(app),
+            partner_id=sys.intern(app.partner_id),
+            customer_id=app.customer_id if customer is None else customer.customer_id,
+            product_code=sys.intern(app.product_code),
+            status=sys.intern(app.status),
+            reasons=tuple(map(sys.intern, app.reasons)),
+            annual_rate_bps=shared_rate(app.annual_rate_bps),
+            apr_bps=shared_rate(app.apr_bps),
+            expires_on=shared_date(app.expires_on),
+            created_on=shared_date(app.created_on),
+            merchant_id=None if app.merchant_id is None else sys.intern(app.merchant_id),
+            purpose=sys.intern(app.purpose),
+            loan_id=_same_id(app.loan_id, () if customer is None else customer.loan_ids),
+        )
+        self.applications[kept.application_id] = kept
+        refs = self.application_ids_by_ref.setdefault(kept.partner_id, {})
+        refs[kept.partner_application_id] = kept.application_id
+
+    def keep_loan(self, loan: Loan) -> None:
+        """A loan a batch committed (thawed, as the servicing code returned it)."""
+        if loan.loan_id not in self.loans:  # booked: its values are new to memory
+            loan = with_shared_values(loan)
+        self.keep_loaded_loan(freeze_loan(loan))
+
+    def keep_loaded_loan(self, frozen: Loan) -> None:
+        """A frozen loan with shared values (lending.memory.loan_from_row, or keep_loan)."""
+        if frozen.loan_id not in self.loans:
+            frozen = self._with_shared_ids(frozen)
+        self.loans[frozen.loan_id] = frozen
+
+    def _with_shared_ids(self, loan: Loan) -> Loan:
+        """The loan with the objects its application and customer already hold for the same
+        values: the ids, and the principal (the approved amount)."""
+        app = self.applications.get(loan.application_id)
+        customer = self.customers.get(loan.customer_id)
+        if app is None or customer is None:
+            return loan
+        return msgspec.structs.replace(
+            loan,
+            loan_id=app.loan_id if app.loan_id == loan.loan_id else loan.loan_id,
+            application_id=app.application_id,
+            customer_id=customer.customer_id,
+            principal=(app.approved_amount if app.approved_amount == loan.principal
+                       else loan.principal),
+        )
+
+
+def _same_id(value: str | None, known: Sequence[str]) -> str | None:
+    """`value`, as the equal string object in `known` if there is one: an id decoded from
+    several rows is one object in memory, not one per row (~70 bytes each)."""
+    for candidate in known:
+        if candidate == value:
+            return candidate
+    return value
 
 
 class _Batch:
@@ -428,12 +528,12 @@ class _Batch:
         return None if customer_id is None else self.customer(customer_id)
 
     def application_by_ref(self, partner_id: str, ref: str) -> Application | None:
-        key = (partner_id, ref)
-        app_id = self.ref_overlay.get(key) or self.state.application_by_ref.get(key)
+        app_id = (self.ref_overlay.get((partner_id, ref))
+                  or self.state.application_id_by_ref(partner_id, ref))
         return None if app_id is None else self.application(app_id)
 
     def loan(self, loan_id: str) -> Loan | None:
-        return self.diff.loans.get(loan_id) or self.state.loans.get(loan_id)
+        return self.diff.loans.get(loan_id) or self.state.loan(loan_id)
 
     def review(self, application_id: str) -> Review | None:
         return self.diff.reviews.get(application_id) or self.state.reviews.get(application_id)
@@ -776,7 +876,7 @@ def _application_view(app: Application) -> views.ApplicationView:
     # the offer a risk officer would confirm, but it is not an offer yet.
     offer = app.status == APPROVED
     decision = views.DecisionView(
-        reasons=app.reasons,
+        reasons=list(app.reasons),
         approved_amount=app.approved_amount if offer else None,
         annual_rate_bps=app.annual_rate_bps if offer else None,
         apr_bps=app.apr_bps if offer else None,

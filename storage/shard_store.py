@@ -25,7 +25,7 @@ import msgspec
 
 from lending import ledger
 from lending.collections import WEEK_DAYS, CollectionCase
-from lending.loans import Loan
+from lending.memory import loan_from_row
 from lending.shard_state import (
     Application,
     Customer,
@@ -45,7 +45,6 @@ class LeaseLost(Exception):
 _ENCODER = msgspec.msgpack.Encoder()
 _CUSTOMER = msgspec.msgpack.Decoder(Customer)
 _APPLICATION = msgspec.msgpack.Decoder(Application)
-_LOAN = msgspec.msgpack.Decoder(Loan)
 _REVIEW = msgspec.json.Decoder(Review)  # application_reviews.state is jsonb: ops read it
 _CASE = msgspec.json.Decoder(CollectionCase)  # collection_cases.state is jsonb too
 
@@ -343,23 +342,16 @@ class ShardStore:
                 "SELECT state FROM customers WHERE shard_id = $1", shard_id,
                 prefetch=LOAD_PAGE_ROWS,
             ):
-                customer = _CUSTOMER.decode(row[0])
-                state.customers[customer.customer_id] = customer
-                state.customer_by_hash[customer.id_hash] = customer.customer_id
+                state.keep_customer(_CUSTOMER.decode(row[0]))
             async for row in conn.cursor(
                 "SELECT state FROM applications WHERE shard_id = $1", shard_id,
                 prefetch=LOAD_PAGE_ROWS,
             ):
-                app = _APPLICATION.decode(row[0])
-                state.applications[app.application_id] = app
-                state.application_by_ref[(app.partner_id, app.partner_application_id)] = (
-                    app.application_id
-                )
+                state.keep_application(_APPLICATION.decode(row[0]))
             async for row in conn.cursor(
                 "SELECT state FROM loans WHERE shard_id = $1", shard_id, prefetch=LOAD_PAGE_ROWS
             ):
-                loan = _LOAN.decode(row[0])
-                state.loans[loan.loan_id] = loan
+                state.keep_loaded_loan(loan_from_row(row[0]))
             async for row in conn.cursor(
                 "SELECT state FROM application_reviews WHERE shard_id = $1", shard_id,
                 prefetch=LOAD_PAGE_ROWS,

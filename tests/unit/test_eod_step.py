@@ -102,7 +102,7 @@ def test_same_result_as_close_day_and_journal_reconciles() -> None:
         assert result["accrued_interest"] == day_interest
         accrued += day_interest
     for loan_id, want in expected.items():
-        assert msgspec.to_builtins(state.loans[loan_id]) == msgspec.to_builtins(want)
+        assert msgspec.to_builtins(state.loan(loan_id)) == msgspec.to_builtins(want)
     net: dict[str, dict[str, int]] = {}
     for entry in entries:
         net.setdefault(entry.loan_id, {})
