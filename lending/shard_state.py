@@ -10,7 +10,6 @@ state exactly as it was (TigerBeetle's prefetch / commit split).
 from __future__ import annotations
 
 import hashlib
-import heapq
 import random
 import sys
 from collections.abc import Iterator, Sequence
@@ -225,6 +224,16 @@ class EodProgress(msgspec.Struct):
     classifications: dict[str, int] | None = None
 
 
+class EodWorklist(msgspec.Struct, frozen=True):
+    """Memory only: the loans one end of day still has to close on a shard, in id order,
+    from `position` on (see `_next_chunk`). Derived from the loans, so a restarted shard
+    simply lists them again."""
+
+    business_date: date
+    loan_ids: list[str]
+    position: int = 0
+
+
 class EodStepResult(msgspec.Struct, frozen=True):
     """The reply of an EodStep: this chunk's figures; `book_*` only when remaining is 0."""
 
@@ -296,6 +305,7 @@ class Diff(msgspec.Struct):
     reviews: dict[str, Review] = msgspec.field(default_factory=dict)
     audit: list[AuditRecord] = msgspec.field(default_factory=list)
     eod: EodProgress | None = None  # end-of-day progress of this shard (eod_shard_progress)
+    eod_worklist: EodWorklist | None = None  # memory only: where the next EodStep resumes
     cases: dict[str, CollectionCase] = msgspec.field(default_factory=dict)
     case_events: list[CaseEvent] = msgspec.field(default_factory=list)
     requests: list[ConnectorRequest] = msgspec.field(default_factory=list)
@@ -366,6 +376,7 @@ class ShardState:
         self.cases: dict[str, CollectionCase] = {}  # open collection cases only
         self.case_by_loan: dict[str, str] = {}  # loan → its open case
         self.contact_logs: dict[str, tuple[date, ...]] = {}  # customer → recent contacts
+        self.eod_worklist: EodWorklist | None = None  # the running end of day's next loans
 
     def commit(self, diff: Diff) -> None:
         for customer in diff.customers.values():
@@ -378,8 +389,11 @@ class ShardState:
         for case in diff.cases.values():
             self.keep_case(case)
         self.contact_logs.update(diff.contact_logs)
+        if diff.eod_worklist is not None:
+            self.eod_worklist = diff.eod_worklist
         if diff.eod is not None and diff.eod.finished:
             self._forget_old_contacts(diff.eod.business_date)
+            self.eod_worklist = None  # the list is long; nothing reads it until tomorrow
         self.next_seq = max(self.next_seq, diff.next_seq)
 
     def _forget_old_contacts(self, day: date) -> None:
@@ -1142,11 +1156,7 @@ def _eod_step(batch: _Batch, cmd: EodStep) -> Reply:
         )
     if cmd.max_loans < 1:
         return error_reply(400, "invalid_request", "max_loans must be >= 1", "max_loans")
-    # One pass over the shard's loans (no copy of them, no full sort): the chunk is the
-    # max_loans smallest open ids; the rest are counted.
-    open_ids = [loan.loan_id for loan in _all_loans(batch) if needs_close(loan, day)]
-    chunk = heapq.nsmallest(cmd.max_loans, open_ids)
-    remaining = len(open_ids) - len(chunk)
+    chunk, remaining = _next_chunk(batch, day, cmd.max_loans)
     cause = eod_cause(day)
     progress = batch.diff.eod or EodProgress(day)
     buckets: dict[str, int] = {}
@@ -1186,6 +1196,43 @@ def _eod_step(batch: _Batch, cmd: EodStep) -> Reply:
         withholdings=tally["withholdings"],
     )
     return Reply(200, views.encode(body))
+
+
+def _next_chunk(batch: _Batch, day: date, max_loans: int) -> tuple[list[str], int]:
+    """The next `max_loans` loans to close for `day`, in id order, and how many are left.
+
+    The run's first chunk lists the shard's open loans once (one pass, one sort); later
+    chunks take the next ids from that worklist (committed with the chunk, like its loans),
+    so a run costs two passes over the shard, not one per chunk. A loan booked during the
+    run is not in the list: when the list runs out, one more pass picks up such loans, and
+    only a pass that finds nothing more reports 0 remaining."""
+    work = batch.state.eod_worklist
+    if work is None or work.business_date != day:
+        work = _worklist(batch, day, frozenset())
+    position = work.position
+    chunk: list[str] = []
+    while True:
+        while len(chunk) < max_loans and position < len(work.loan_ids):
+            loan_id = work.loan_ids[position]
+            position += 1
+            loan = batch.diff.loans.get(loan_id) or batch.state.loans[loan_id]
+            if needs_close(loan, day):  # it may have been paid off since the list was made
+                chunk.append(loan_id)
+        if position < len(work.loan_ids):
+            break
+        late = _worklist(batch, day, frozenset(chunk))
+        if not late.loan_ids:
+            break
+        work, position = late, 0
+    batch.diff.eod_worklist = EodWorklist(day, work.loan_ids, position)
+    return chunk, len(work.loan_ids) - position
+
+
+def _worklist(batch: _Batch, day: date, taken: frozenset[str]) -> EodWorklist:
+    """Every loan of the shard still to close for `day` (but `taken`), in id order."""
+    return EodWorklist(day, sorted(
+        loan.loan_id for loan in _all_loans(batch)
+        if needs_close(loan, day) and loan.loan_id not in taken))
 
 
 def _close_loan(
