@@ -323,12 +323,19 @@ def plan_reminder(loan: Loan, day: date, policy: CollectionsPolicy) -> Reminder 
     first rule (in config order) whose offset lands an unpaid installment's due date on the
     send date. At most one message per loan per day. One pass over the installments: end
     of day asks this of every loan."""
-    if loan.status == LOAN_PAID_OFF:
+    if loan.status == LOAN_PAID_OFF or not policy.reminders:
         return None
     send_on = day + timedelta(days=1)
     rules = _rules_by_offset(tuple(policy.reminders))
+    # Due dates some rule reaches lie in [earliest, latest]; installments are in due order.
+    earliest = send_on - timedelta(days=max(rules))
+    latest = send_on - timedelta(days=min(rules))
     best: tuple[int, ReminderRule, Installment] | None = None
     for inst in loan.installments:
+        if inst.due_date < earliest:
+            continue
+        if inst.due_date > latest:
+            break
         hit = rules.get((send_on - inst.due_date).days)
         if hit is not None and (best is None or hit[0] < best[0]) and inst.unpaid_total() > 0:
             best = (*hit, inst)
@@ -356,11 +363,14 @@ def withholding_due(loan: Loan, due_on: date) -> int:
 def plan_withholding(loan: Loan, day: date) -> int:
     """The amount to withhold on day + 1 when an unpaid installment falls due then, else 0."""
     due_on = day + timedelta(days=1)
-    if loan.status == LOAN_PAID_OFF or not any(
-        i.due_date == due_on and i.unpaid_total() > 0 for i in loan.installments
-    ):
+    if loan.status == LOAN_PAID_OFF:
         return 0
-    return withholding_due(loan, due_on)
+    for inst in loan.installments:  # in due order: stop at the first one due later
+        if inst.due_date > due_on:
+            return 0
+        if inst.due_date == due_on:
+            return withholding_due(loan, due_on) if inst.unpaid_total() > 0 else 0
+    return 0
 
 
 # ---- what collectors do (operator API, through the shard) --------------------------------

@@ -599,12 +599,19 @@ def run_eod_bench(config_file: Path | None, loans: int) -> int:
         eod_s = 0.0
         processed = 0
         if ok:
+            cpu_before = cpu_snapshot()
             started = time.perf_counter()
             eod = _ops_post(ops_port, "/ops/eod", {})
             eod_s = time.perf_counter() - started
+            # CPU µs per loan closed, by process role: where the run's time goes
+            eod_cpu = cpu_ms_per_request(cpu_before, cpu_snapshot(), loans)
+            figures.update({f"eod_cpu_us_{role}": round(eod_cpu.get(role, 0.0) * 1000, 1)
+                            for role in CPU_ROLES if role != "loadgen"})
             if eod.status_code == 200:
                 processed = int(eod.json()["loans_processed"])
-                figures["eod_gl_summary_s"] = eod.json()["steps"]["gl_summary_s"]
+                steps = eod.json()["steps"]
+                figures["eod_gl_summary_s"] = steps["gl_summary_s"]
+                figures["eod_shards_s"] = round(steps["shards_s"], 2)
             else:
                 print(f"eod failed: HTTP {eod.status_code}: {eod.text[:500]}", flush=True)
             ok = ok and eod.status_code == 200 and processed == loans

@@ -139,3 +139,23 @@ def test_empty_shard_reports_done() -> None:
     result, diff = step(ShardState(3), DISBURSED, 10)
     assert (result["processed"], result["remaining"]) == (0, 0)
     assert diff.eod is not None and diff.eod.finished and not diff.is_empty()
+
+
+def test_chunks_resume_from_the_worklist_and_pick_up_loans_booked_during_the_run() -> None:
+    """After the first chunk, the next ones take ids from the worklist the first one made (a
+    loan paid off since is skipped), and a loan booked during the run is closed too: the
+    run reports 0 remaining only when a last pass over the shard finds nothing."""
+    state = book(5)
+    first, _ = step(state, DISBURSED, 2)
+    assert (first["processed"], first["remaining"]) == (2, 3)
+    assert state.eod_worklist is not None and state.eod_worklist.position == 2
+    paid = msgspec.structs.replace(state.loans["LN-0000-0000000002"], status=LOAN_PAID_OFF)
+    state.loans[paid.loan_id] = paid
+    state.loans["LN-0000-0000000009"] = loan(9)  # booked while end of day runs
+    second, diff = step(state, DISBURSED, 2)
+    assert sorted(diff.loans) == ["LN-0000-0000000003", "LN-0000-0000000004"]
+    assert second["remaining"] == 1  # the late loan, found when the worklist ran out
+    third, diff = step(state, DISBURSED, 2)
+    assert list(diff.loans) == ["LN-0000-0000000009"] and third["remaining"] == 0
+    assert diff.eod is not None and diff.eod.finished
+    assert state.eod_worklist is None  # dropped once the shard finished the day
