@@ -160,7 +160,8 @@ class ShardCore:
         for (_, future), reply in zip(batch, replies, strict=True):
             if not future.done():
                 future.set_result(reply)
-        if is_bulk(commands):
+        eod_done = self.state is None or self.state.eod_worklist is None
+        if is_bulk(commands, eod_done):
             release_free_memory()  # what the batch's Diff and rows used (actors/heap.py)
 
     async def _apply_alone(self, command: Command) -> Reply:

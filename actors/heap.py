@@ -17,8 +17,6 @@ from collections.abc import Callable
 
 from lending.commands import Command, EodStep, SeedLoans
 
-BULK_COMMANDS = (SeedLoans, EodStep)
-
 
 def _load_malloc_trim() -> Callable[[int], int] | None:
     try:
@@ -31,8 +29,14 @@ def _load_malloc_trim() -> Callable[[int], int] | None:
 _MALLOC_TRIM = _load_malloc_trim()
 
 
-def is_bulk(commands: list[Command]) -> bool:
-    return any(isinstance(command, BULK_COMMANDS) for command in commands)
+def is_bulk(commands: list[Command], eod_done: bool) -> bool:
+    """Whether a batch freed enough to trim after it: a seed, or the end-of-day chunk that
+    finished the shard's day. Not every end-of-day chunk: the next chunk would only fault
+    the pages back in (measured: +14 µs a loan at 250,000 loans a shard, 0.01 s of trims)."""
+    return any(
+        isinstance(command, SeedLoans) or (isinstance(command, EodStep) and eod_done)
+        for command in commands
+    )
 
 
 def release_free_memory() -> None:
