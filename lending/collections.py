@@ -182,6 +182,16 @@ def agency_for(case_id: str, policy: CollectionsPolicy) -> str:
     return policy.agencies[seq % len(policy.agencies)]
 
 
+def opens_case(loan: Loan, policy: CollectionsPolicy) -> bool:
+    """Whether a loan without a case needs one (end of day, its DPD as of the next day)."""
+    return loan.status != LOAN_PAID_OFF and loan.dpd >= policy.open_dpd
+
+
+def promise_met(promise: Promise, loan: Loan) -> bool:
+    """The loan received at least the promised amount since the promise was made."""
+    return total_paid(loan) - promise.paid_before >= promise.amount
+
+
 def follow_case(
     case: CollectionCase | None, loan: Loan, day: date, policy: CollectionsPolicy,
     new_case_id: str,
@@ -190,7 +200,7 @@ def follow_case(
     `new_case_id` is used only when a case opens."""
     as_of = day + timedelta(days=1)
     if case is None:
-        if loan.status == LOAN_PAID_OFF or loan.dpd < policy.open_dpd:
+        if not opens_case(loan, policy):
             return CaseChange(None)
         return _open_case(loan, day, as_of, policy, new_case_id)
     if loan.status == LOAN_PAID_OFF or loan.dpd == 0:
@@ -227,7 +237,7 @@ def _close_case(case: CollectionCase, loan: Loan, day: date, reason: str) -> Cas
     events: list[CaseEvent] = []
     if promise is not None and promise.status == PROMISE_PENDING:
         # Cured or paid off while a promise was pending: it was kept if the money came.
-        kept = total_paid(loan) - promise.paid_before >= promise.amount
+        kept = promise_met(promise, loan)
         status = PROMISE_KEPT if kept else PROMISE_SUPERSEDED
         promise = msgspec.structs.replace(promise, status=status)
         if kept:
@@ -266,7 +276,7 @@ def _check_promise(
     promise = case.promise
     if promise is None or promise.status != PROMISE_PENDING:
         return case
-    if total_paid(loan) - promise.paid_before >= promise.amount:
+    if promise_met(promise, loan):
         kept = msgspec.structs.replace(promise, status=PROMISE_KEPT)
         events.append(_promise_event(case, day, EV_PROMISE_KEPT, kept))
         return msgspec.structs.replace(case, promise=kept, follow_up_on=None)

@@ -1264,7 +1264,7 @@ def _follow_case(
 ) -> CollectionCase | None:
     before = batch.case_of_loan(loan.loan_id)
     policy = batch.ctx.collections
-    if before is None and (loan.status == LOAN_PAID_OFF or loan.dpd < policy.open_dpd):
+    if before is None and not coll.opens_case(loan, policy):
         return None  # the common case: nothing to collect, no id drawn
     new_id = batch.new_id("case") if before is None else ""
     change = coll.follow_case(before, loan, day, policy, new_id)
