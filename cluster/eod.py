@@ -43,6 +43,7 @@ import redis.asyncio as aioredis
 from cluster.config import EodSettings
 from gateway.http import HttpError
 from gateway.router import Overloaded, ShardRouter
+from gateway.tasks import all_or_cancel
 from lending.commands import EodStep
 from lending.shard_state import EodStepResult
 from storage import audit, cluster_store, gl_summary
@@ -196,17 +197,10 @@ class EodRunner:
             host: asyncio.Semaphore(self.settings.shard_concurrency)
             for host in set(self.router.shard_hosts)
         }
-        tasks = [
-            asyncio.create_task(self._drive_shard(
-                shard, day, slots[self.router.shard_hosts[shard]], progress, lost))
+        await all_or_cancel(
+            self._drive_shard(shard, day, slots[self.router.shard_hosts[shard]], progress, lost)
             for shard in range(self.router.logical_shards)
-        ]
-        try:
-            await asyncio.gather(*tasks)
-        finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+        )
 
     async def _drive_shard(
         self, shard: int, day: date, slot: asyncio.Semaphore, progress: ProgressFn | None,

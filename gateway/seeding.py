@@ -20,6 +20,7 @@ import msgspec
 
 from gateway.http import HttpError
 from gateway.router import Overloaded, ShardRouter
+from gateway.tasks import all_or_cancel
 from lending.commands import SeedLoans
 from lending.shard_state import SeedResult
 from storage import cluster_store
@@ -82,13 +83,7 @@ class Seeder:
                 if len(sample) < SAMPLE_IDS:
                     sample.extend(result.sample_loan_ids[:1])
 
-        tasks = [asyncio.create_task(run_shard(s, sizes)) for s, sizes in enumerate(plan)]
-        try:
-            await asyncio.gather(*tasks)
-        finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+        await all_or_cancel(run_shard(s, sizes) for s, sizes in enumerate(plan))
         return {
             "loans": seeded[0],
             "seconds": round(time.perf_counter() - started, 3),

@@ -1,10 +1,11 @@
 """How a shard keeps loans in memory: frozen (compact) while resident, thawed when used.
 
 A shard host keeps every loan of its shards in memory. As plain Structs, every Installment
-is an object of 13 slots, and each of its amounts and its due date is an object of its own. The shard keeps a *frozen* loan instead:
-the same `Loan` Struct, its scalar fields unchanged (end of day reads status, dates, bucket
-and classification without unpacking anything), but with its installments packed into one
-bytes object (`PackedInstallments`, the msgpack of the list).
+is an object of 13 slots, and each of its amounts and its due date is an object of its own.
+The shard keeps a *frozen* loan instead: the same `Loan` Struct, its scalar fields
+unchanged (end of day reads status, dates, bucket and classification without unpacking
+anything), but with its installments packed into one bytes object (`PackedInstallments`,
+the msgpack of the list).
 
 * ShardState freezes every loan it keeps: `freeze_loan` for a loan a batch committed,
   `loan_from_row` for a loan read from Postgres (its installments are copied from the row
