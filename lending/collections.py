@@ -321,7 +321,6 @@ def with_contact(log: tuple[date, ...], day: date) -> tuple[date, ...]:
 
 class Reminder(msgspec.Struct, frozen=True):
     send_on: date
-    offset_days: int
     template: str
     period: int  # the installment reminded of
     due_date: date
@@ -354,8 +353,7 @@ def plan_reminder(loan: Loan, day: date, policy: CollectionsPolicy) -> Reminder 
     _, rule, inst = best
     amount = (overdue_amount(loan, send_on) if rule.offset_days > 0
               else inst.unpaid_total() + overdue_amount(loan, inst.due_date))
-    return Reminder(send_on, rule.offset_days, rule.template, inst.period, inst.due_date,
-                    amount)
+    return Reminder(send_on, rule.template, inst.period, inst.due_date, amount)
 
 
 @functools.lru_cache(maxsize=8)

@@ -1303,7 +1303,8 @@ def _plan_reminder(
         batch.put_case(coll.CaseChange(case, (coll.CaseEvent(
             case.case_id, day, coll.EV_REMINDER, coll.SYSTEM_ACTOR,
             {"request_id": request.request_id, "template": reminder.template,
-             "send_on": reminder.send_on.isoformat()}),)))
+             "send_on": reminder.send_on.isoformat(), "period": reminder.period,
+             "due_date": reminder.due_date.isoformat(), "amount": reminder.amount}),)))
     tally["reminders"] += 1
 
 

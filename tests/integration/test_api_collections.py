@@ -109,6 +109,10 @@ def test_reminders_case_lifecycle_and_promises(declining: RunningSystem) -> None
     for loan_id, case in cases.items():
         assert (case["dpd"], case["status"], case["assignee"]) == (1, "open", None)
         assert case["overdue_amount"] == first[loan_id]["total"]
+    reminded = [e for e in ops.get(f"/ops/collections/cases/{cases[kept['loan_id']]['case_id']}")
+                ["events"] if e["kind"] == "reminder"]
+    assert [(e["detail"]["template"], e["detail"]["period"], e["detail"]["due_date"])
+            for e in reminded] == [("overdue_1", 1, FIRST_DUE.isoformat())]
     overdue_sms = ops.requests(kind="sms", created_on=FIRST_DUE.isoformat())
     assert {(r["template"], r["case_id"]) for r in overdue_sms} == {
         ("overdue_1", cases[loan_id]["case_id"]) for loan_id in first}
