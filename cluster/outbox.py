@@ -115,7 +115,8 @@ _PAGE = """
 SELECT r.shard_id, r.request_id, r.kind, r.send_on, r.loan_id, r.customer_id, r.partner_id,
        r.amount, r.template, r.attempts, c.state AS customer
 FROM connector_requests r
-LEFT JOIN customers c ON c.shard_id = r.shard_id AND c.customer_id = r.customer_id
+LEFT JOIN customers c  -- the phone, for messages only
+  ON r.kind = 'sms' AND c.shard_id = r.shard_id AND c.customer_id = r.customer_id
 WHERE r.status = 'pending' AND r.send_on <= $1
   AND (r.send_on, r.shard_id, r.request_id) > ($2, $3, $4)
 ORDER BY r.send_on, r.shard_id, r.request_id

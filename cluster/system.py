@@ -371,6 +371,9 @@ class System:
             # POST /ops/outbox/drain sends them.
             log.error("outbox drain failed (%s): requests stay pending", exc)
             return
+        except Exception:  # a background task: nobody awaits it to see a bug otherwise
+            log.exception("outbox drain failed on a bug: requests stay pending")
+            return
         if counts:
             log.info("outbox drained: %s", counts)
 
