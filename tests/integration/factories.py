@@ -232,3 +232,29 @@ def application_record(system: Any, application_id: str) -> dict[str, Any]:
         application_detail(system.pg(), shard, application_id))
     assert detail is not None, f"application {application_id} is not stored"
     return detail
+
+
+class OpsClient:
+    """The operator API as the integration tests use it (admin token unless told)."""
+
+    def __init__(self, ops_url: str, timeout: float = 120) -> None:
+        self.client = httpx.Client(base_url=ops_url, timeout=timeout)
+
+    def get(self, path: str, auth: dict[str, str] | None = None, **params: Any) -> Any:
+        response = self.client.get(path, params=params, headers=auth or ops_auth())
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    def post(self, path: str, body: Any, auth: dict[str, str] | None = None) -> httpx.Response:
+        return self.client.post(path, json=body, headers=auth or ops_auth())
+
+    def eod(self, business_date: str | None = None) -> httpx.Response:
+        return self.post("/ops/eod", {} if business_date is None
+                         else {"business_date": business_date})
+
+    def status(self) -> dict[str, Any]:
+        status: dict[str, Any] = self.get("/ops/eod")
+        return status
+
+    def business_date(self) -> date:
+        return date.fromisoformat(self.get("/ops/business-date")["business_date"])

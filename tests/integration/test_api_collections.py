@@ -17,36 +17,32 @@ from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from conftest import BUSINESS_DATE, RunningSystem, fresh_system
-from factories import get_loan, new_loan, ops_auth, reconciliation, repay, trial_balance
+from factories import (
+    OpsClient,
+    get_loan,
+    new_loan,
+    ops_auth,
+    reconciliation,
+    repay,
+    trial_balance,
+)
 
 D0 = date.fromisoformat(BUSINESS_DATE)  # loans booked on D0 are first due 2026-12-28
 FIRST_DUE = date(2026, 12, 28)
 COLLECTOR = ops_auth("dev-collector1-token-change-me")
 
 
-class Ops:
+class Ops(OpsClient):
     def __init__(self, system: RunningSystem) -> None:
-        self.client = httpx.Client(base_url=system.system.ops_url, timeout=120)
-
-    def get(self, path: str, auth: dict[str, str] | None = None, **params: Any) -> Any:
-        response = self.client.get(path, params=params, headers=auth or ops_auth())
-        assert response.status_code == 200, response.text
-        return response.json()
-
-    def post(self, path: str, body: Any, auth: dict[str, str] | None = None) -> httpx.Response:
-        return self.client.post(path, json=body, headers=auth or ops_auth())
-
-    def business_date(self) -> date:
-        return date.fromisoformat(self.get("/ops/business-date")["business_date"])
+        super().__init__(system.system.ops_url)
 
     def close_until(self, last: date) -> None:
         """End of day for every date up to and including `last`, each followed by a drain
         of the outbox (the run starts one in the background; this one waits for it)."""
         while (day := self.business_date()) <= last:
-            response = self.post("/ops/eod", {})
+            response = self.eod()
             assert response.status_code == 200, response.text
             assert response.json()["business_date"] == day.isoformat()
             drained = self.post("/ops/outbox/drain", None)

@@ -36,6 +36,7 @@ import ray
 from conftest import BUSINESS_DATE, RunningSystem, fresh_system
 from factories import (
     ADMIN_TOKEN,
+    OpsClient,
     get_loan,
     new_loan,
     ops_auth,
@@ -84,22 +85,9 @@ def interest_recognised(schedule: list[dict[str, Any]], closed: date) -> int:
     return total
 
 
-class Ops:
+class Ops(OpsClient):
     def __init__(self, system: RunningSystem) -> None:
-        self.client = httpx.Client(base_url=system.system.ops_url, timeout=300)
-
-    def eod(self, business_date: str | None = None) -> httpx.Response:
-        body = {} if business_date is None else {"business_date": business_date}
-        return self.client.post("/ops/eod", json=body, headers=ops_auth())
-
-    def status(self) -> dict[str, Any]:
-        response = self.client.get("/ops/eod", headers=ops_auth())
-        assert response.status_code == 200, response.text
-        return response.json()
-
-    def business_date(self) -> date:
-        response = self.client.get("/ops/business-date", headers=ops_auth())
-        return date.fromisoformat(response.json()["business_date"])
+        super().__init__(system.system.ops_url, timeout=300)
 
     def books_hold(self) -> dict[str, Any]:
         balance = trial_balance(self.client)

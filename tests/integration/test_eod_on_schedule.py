@@ -21,13 +21,12 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-import httpx
 import msgspec
 import pytest
 import redis
 from conftest import BUSINESS_DATE, RunningSystem, fresh_system
 from conftest_redis import REDIS_URL
-from factories import get_loan, new_loan, ops_auth
+from factories import OpsClient, get_loan, new_loan
 from prometheus_client.parser import text_string_to_metric_families
 
 SHANGHAI = ZoneInfo("Asia/Shanghai")
@@ -58,19 +57,9 @@ class Clock:
         return self.at
 
 
-class Ops:
+class Ops(OpsClient):
     def __init__(self, system: RunningSystem) -> None:
-        self.client = httpx.Client(base_url=system.system.ops_url, timeout=30)
-
-    def status(self) -> dict[str, Any]:
-        response = self.client.get("/ops/eod", headers=ops_auth())
-        assert response.status_code == 200, response.text
-        return response.json()
-
-    def business_date(self) -> date:
-        response = self.client.get("/ops/business-date", headers=ops_auth())
-        assert response.status_code == 200, response.text
-        return date.fromisoformat(response.json()["business_date"])
+        super().__init__(system.system.ops_url, timeout=30)
 
     def last_run(self) -> dict[str, Any] | None:
         run: dict[str, Any] | None = self.status()["schedule"]["last_run"]
