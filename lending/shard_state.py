@@ -312,6 +312,15 @@ class Diff(msgspec.Struct):
     contacts: list[ContactRecord] = msgspec.field(default_factory=list)
     # customer → the contact log after this batch (the limits' window only)
     contact_logs: dict[str, tuple[date, ...]] = msgspec.field(default_factory=dict)
+    frozen: dict[str, Loan] | None = None  # `loans` frozen, once: see frozen_loans
+
+    def frozen_loans(self) -> dict[str, Loan]:
+        """`loans` frozen (lending.memory), in the same order. Made once, after the batch
+        was applied, for both the rows (storage) and memory (ShardState.commit): each
+        committed loan's installments are packed once."""
+        if self.frozen is None:
+            self.frozen = {loan_id: freeze_loan(loan) for loan_id, loan in self.loans.items()}
+        return self.frozen
 
     def is_empty(self) -> bool:
         return not (
@@ -383,7 +392,7 @@ class ShardState:
             self.keep_customer(customer)
         for app in diff.applications.values():
             self.keep_application(app)
-        for loan in diff.loans.values():
+        for loan in diff.frozen_loans().values():
             self.keep_loan(loan)
         self.reviews.update(diff.reviews)
         for case in diff.cases.values():
@@ -459,7 +468,7 @@ class ShardState:
         refs[kept.partner_application_id] = kept.application_id
 
     def keep_loan(self, loan: Loan) -> None:
-        """A loan a batch committed (thawed, as the servicing code returned it)."""
+        """A loan a batch committed (frozen by Diff.frozen_loans, or thawed)."""
         if loan.loan_id not in self.loans:  # booked: its values are new to memory
             loan = with_shared_values(loan)
         self.keep_loaded_loan(freeze_loan(loan))

@@ -255,6 +255,27 @@ def cpu_ms_per_request(
     return {role: seconds * 1000 / max(1, requests) for role, seconds in spent.items()}
 
 
+# Postgres processes name their kind in their title ("postgres: checkpointer", "postgres:
+# autovacuum worker", "postgres: lendcore lendcore [local] SELECT" for a client backend).
+_PG_BACKGROUND = ("autovacuum", "checkpointer", "walwriter", "background writer")
+
+
+def postgres_cpu_by_kind() -> dict[int, tuple[str, float]]:
+    """pid → (kind, CPU seconds so far) of every Postgres process: client backends
+    ("backend"), each background kind, and the postmaster with the rest ("other")."""
+    snapshot = {}
+    for proc in psutil.process_iter(["name", "cmdline", "cpu_times"]):
+        times = proc.info["cpu_times"]
+        if times is None or _role(proc) != "postgres":
+            continue
+        title = " ".join(proc.info["cmdline"] or [])
+        kind = next((k for k in _PG_BACKGROUND if k in title), None)
+        if kind is None:
+            kind = "backend" if "[local]" in title or "127.0.0.1" in title else "other"
+        snapshot[proc.pid] = (kind.replace(" ", "_"), times.user + times.system)
+    return snapshot
+
+
 class BatchCounter:
     def __init__(self) -> None:
         self.items_ok = 0
@@ -599,7 +620,7 @@ def run_eod_bench(config_file: Path | None, loans: int) -> int:
         eod_s = 0.0
         processed = 0
         if ok:
-            cpu_before = cpu_snapshot()
+            cpu_before, pg_before = cpu_snapshot(), postgres_cpu_by_kind()
             started = time.perf_counter()
             eod = _ops_post(ops_port, "/ops/eod", {})
             eod_s = time.perf_counter() - started
@@ -607,6 +628,9 @@ def run_eod_bench(config_file: Path | None, loans: int) -> int:
             eod_cpu = cpu_ms_per_request(cpu_before, cpu_snapshot(), loans)
             figures.update({f"eod_cpu_us_{role}": round(eod_cpu.get(role, 0.0) * 1000, 1)
                             for role in CPU_ROLES if role != "loadgen"})
+            pg_cpu = cpu_ms_per_request(pg_before, postgres_cpu_by_kind(), loans)
+            figures.update({f"eod_cpu_us_pg_{kind}": round(ms * 1000, 1)
+                            for kind, ms in sorted(pg_cpu.items())})
             if eod.status_code == 200:
                 processed = int(eod.json()["loans_processed"])
                 steps = eod.json()["steps"]

@@ -6,11 +6,10 @@ from datetime import date
 from typing import Any
 
 import asyncpg
-import msgspec
 
 from lending import reconcile
 from lending.chart import Chart
-from lending.loans import Loan
+from lending.memory import decode_loan_row
 
 
 class ClusterMismatch(RuntimeError):
@@ -86,7 +85,6 @@ async def trial_balance(pool: asyncpg.Pool, chart: Chart, book: str | None) -> d
     }
 
 
-_LOAN = msgspec.msgpack.Decoder(Loan)
 DIFFERENCES_SHOWN_MAX = 100  # a report lists at most this many; the counts cover all
 
 
@@ -117,7 +115,7 @@ async def reconciliation(
         for row in journal:
             ledger_net.setdefault(row["loan_id"], {})[role_of[row["account"]]] = int(row["net"])
         for row in states:
-            loan = _LOAN.decode(row["state"])
+            loan = decode_loan_row(row["state"])
             if book is not None and loan.book != book:
                 continue
             checked += 1

@@ -25,7 +25,7 @@ import msgspec
 
 from lending import ledger
 from lending.collections import WEEK_DAYS, CollectionCase
-from lending.memory import loan_from_row
+from lending.memory import encode_loan_row, loan_from_row
 from lending.shard_state import (
     Application,
     Customer,
@@ -248,7 +248,7 @@ def _commit_args(shard_id: int, epoch: int, diff: Diff, codes: dict[str, str]) -
          n.version)
         for n in diff.loans.values()
     ]
-    loan_states = [_ENCODER.encode(n) for n in diff.loans.values()]
+    loan_states = [encode_loan_row(n) for n in diff.frozen_loans().values()]
     repayments = [
         (r.repayment_id, r.loan_id, r.partner_id, r.external_ref, r.kind, r.amount,
          r.value_date, r.penalty, r.fee, r.interest, r.principal)

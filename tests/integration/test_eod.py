@@ -48,6 +48,7 @@ from factories import (
 from cluster import eod_cli
 from lending.daily import close_day
 from lending.loans import Loan
+from lending.memory import decode_loan_row
 from lending.shard_state import eod_cause
 
 D0 = date.fromisoformat(BUSINESS_DATE)  # 2026-11-29: loans booked today are due on the 28th
@@ -238,8 +239,7 @@ def test_ninety_days_against_hand_figures(eod_system: RunningSystem) -> None:
 
 def _stored_loans(system: RunningSystem) -> dict[str, Loan]:
     rows = system.run(system.pg().fetch("SELECT state FROM loans"))
-    decoder = msgspec.msgpack.Decoder(Loan)
-    return {loan.loan_id: loan for loan in (decoder.decode(r["state"]) for r in rows)}
+    return {loan.loan_id: loan for loan in (decode_loan_row(r["state"]) for r in rows)}
 
 
 def _accounts(balance: dict[str, Any]) -> dict[str, tuple[int, int]]:

@@ -108,8 +108,9 @@ def test_same_result_as_close_day_and_journal_reconciles() -> None:
         net.setdefault(entry.loan_id, {})
         for role, value in ledger.net_debits([entry]).items():
             net[entry.loan_id][role] = net[entry.loan_id].get(role, 0) + value
-    for loan_id, current in state.loans.items():
-        assert reconcile.differences(current, net[loan_id]) == []
+    for loan_id in state.loans:
+        current = state.loan(loan_id)
+        assert current is not None and reconcile.differences(current, net[loan_id]) == []
     assert accrued > 0
     # first due date 2026-12-28 (29 days after disbursement): DPD 11 on day 40's next day
     assert {n.dpd for n in state.loans.values()} == {(DISBURSED + timedelta(days=40)
