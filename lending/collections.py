@@ -19,7 +19,6 @@ Rules chosen where DOMAIN.md is silent are in docs/domain-choices.md (collection
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Iterable
 from datetime import date, timedelta
 from typing import Any
@@ -327,23 +326,40 @@ class Reminder(msgspec.Struct, frozen=True):
     amount: int  # what the message asks for
 
 
-def plan_reminder(loan: Loan, day: date, policy: CollectionsPolicy) -> Reminder | None:
-    """The reminder to send on day + 1 for this loan, if its strategy asks for one: the
-    first rule (in config order) whose offset lands an unpaid installment's due date on the
-    send date. At most one message per loan per day. One pass over the installments: end
-    of day asks this of every loan."""
-    if loan.status == LOAN_PAID_OFF or not policy.reminders:
+class ReminderPlan(msgspec.Struct, frozen=True):
+    """A strategy applied to one end of day: the send date (day + 1), the rules by offset
+    (send date − due date, in days) with their place in config, and the due dates they
+    reach. Made once per end-of-day chunk, not once per loan."""
+
+    send_on: date
+    rules: dict[int, tuple[int, ReminderRule]]
+    earliest_due: date
+    latest_due: date
+
+
+def reminder_plan(policy: CollectionsPolicy, day: date) -> ReminderPlan | None:
+    """The plan of end of day `day`, or None when the strategy has no rule."""
+    if not policy.reminders:
         return None
     send_on = day + timedelta(days=1)
-    rules = _rules_by_offset(tuple(policy.reminders))
-    # Due dates some rule reaches lie in [earliest, latest]; installments are in due order.
-    earliest = send_on - timedelta(days=max(rules))
-    latest = send_on - timedelta(days=min(rules))
+    rules = {rule.offset_days: (index, rule) for index, rule in enumerate(policy.reminders)}
+    return ReminderPlan(send_on, rules, send_on - timedelta(days=max(rules)),
+                        send_on - timedelta(days=min(rules)))
+
+
+def plan_reminder(loan: Loan, plan: ReminderPlan | None) -> Reminder | None:
+    """The reminder to send on the plan's send date for this loan, if the strategy asks for
+    one: the first rule (in config order) whose offset lands an unpaid installment's due
+    date on the send date. At most one message per loan per day. One pass over the
+    installments: end of day asks this of every loan."""
+    if plan is None or loan.status == LOAN_PAID_OFF:
+        return None
+    send_on, rules = plan.send_on, plan.rules
     best: tuple[int, ReminderRule, Installment] | None = None
-    for inst in loan.installments:
-        if inst.due_date < earliest:
+    for inst in loan.installments:  # in due order
+        if inst.due_date < plan.earliest_due:
             continue
-        if inst.due_date > latest:
+        if inst.due_date > plan.latest_due:
             break
         hit = rules.get((send_on - inst.due_date).days)
         if hit is not None and (best is None or hit[0] < best[0]) and inst.unpaid_total() > 0:
@@ -354,12 +370,6 @@ def plan_reminder(loan: Loan, day: date, policy: CollectionsPolicy) -> Reminder 
     amount = (overdue_amount(loan, send_on) if rule.offset_days > 0
               else inst.unpaid_total() + overdue_amount(loan, inst.due_date))
     return Reminder(send_on, rule.template, inst.period, inst.due_date, amount)
-
-
-@functools.lru_cache(maxsize=8)
-def _rules_by_offset(rules: tuple[ReminderRule, ...]) -> dict[int, tuple[int, ReminderRule]]:
-    """offset (send date − due date, in days) → (the rule's place in config, the rule)."""
-    return {rule.offset_days: (index, rule) for index, rule in enumerate(rules)}
 
 
 def withholding_due(loan: Loan, due_on: date) -> int:

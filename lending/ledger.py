@@ -177,6 +177,20 @@ def balance_deltas(entries: Iterable[JournalEntry]) -> dict[tuple[str, str], tup
     return totals
 
 
+def daily_deltas(
+    entries: Iterable[JournalEntry],
+) -> dict[tuple[date, str, str], tuple[int, int]]:
+    """(business date, book, role) → (debit, credit) totals of the given entries: the day's
+    movements per account that the daily GL summary is built from."""
+    totals: dict[tuple[date, str, str], tuple[int, int]] = {}
+    for entry in entries:
+        for line in entry.lines:
+            key = (entry.business_date, entry.book, line.account)
+            debit, credit = totals.get(key, (0, 0))
+            totals[key] = (debit + line.debit, credit + line.credit)
+    return totals
+
+
 def net_debits(entries: Iterable[JournalEntry]) -> dict[str, int]:
     """role → debit − credit over the entries (one loan's ledger balances, for instance)."""
     totals: dict[str, int] = {}

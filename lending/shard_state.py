@@ -1171,10 +1171,11 @@ def _eod_step(batch: _Batch, cmd: EodStep) -> Reply:
     buckets: dict[str, int] = {}
     classes: dict[str, int] = {}
     tally = dict.fromkeys(_TALLIED, 0)
+    reminders = coll.reminder_plan(batch.ctx.collections, day)
     for loan_id in chunk:
         loan = batch.loan(loan_id)
         assert loan is not None, "an open id was just read from the shard"
-        closed = _close_loan(batch, loan, day, cause, tally)
+        closed = _close_loan(batch, loan, day, cause, reminders, tally)
         _count(buckets, closed.bucket)
         _count(classes, closed.classification)
     progress.processed += len(chunk)
@@ -1245,7 +1246,8 @@ def _worklist(batch: _Batch, day: date, taken: frozenset[str]) -> EodWorklist:
 
 
 def _close_loan(
-    batch: _Batch, loan: Loan, day: date, cause: str, tally: dict[str, int]
+    batch: _Batch, loan: Loan, day: date, cause: str, reminders: coll.ReminderPlan | None,
+    tally: dict[str, int],
 ) -> Loan:
     """DOMAIN.md §5 for one loan, in order: the day's servicing (close_day: accrual,
     overdue, penalty, DPD/bucket/classification, non-accrual, write-off), the guarantee
@@ -1263,7 +1265,7 @@ def _close_loan(
     if batch.ctx.guarantee.trigger(loan, closed, day) is not None:
         tally["guarantee_triggers"] += 1
     case = _follow_case(batch, closed, day, tally)
-    _plan_reminder(batch, closed, case, day, tally)
+    _plan_reminder(batch, closed, case, day, reminders, tally)
     _plan_withholding(batch, closed, day, tally)
     return closed
 
@@ -1290,9 +1292,10 @@ def _follow_case(
 
 
 def _plan_reminder(
-    batch: _Batch, loan: Loan, case: CollectionCase | None, day: date, tally: dict[str, int]
+    batch: _Batch, loan: Loan, case: CollectionCase | None, day: date,
+    plan: coll.ReminderPlan | None, tally: dict[str, int],
 ) -> None:
-    reminder = coll.plan_reminder(loan, day, batch.ctx.collections)
+    reminder = coll.plan_reminder(loan, plan)
     if reminder is None:
         return
     log = batch.contact_log(loan.customer_id)

@@ -3,10 +3,12 @@ business date, the day's debits and credits and the balance after it.
 
 End of day builds the summary of date D once every shard host has moved to D + 1, so no
 journal line dated D can commit any more (cluster/eod.py). Each shard's rows are computed
-by ONE set-based statement from journal_lines and the shard's summary of D − 1 (table
-gl_daily_summary, migration 0009), then checked in the same transaction against the
-ledger's running totals (account_balances): an error in the chain of days cannot go
-unnoticed. Rebuilding a date rewrites the same rows (idempotent).
+by ONE set-based statement from the day's movements (gl_daily_movements, migration 0011:
+per account, the debits and credits of the lines dated D, kept by the commit that writes
+the lines) and the shard's summary of D − 1 (gl_daily_summary, migration 0009), then
+checked in the same transaction against the ledger's running totals (account_balances):
+an error in the chain of days cannot go unnoticed. Rebuilding a date rewrites the same
+rows (idempotent).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from lending.ledger import OWN_BOOK
 REPORT_KEY = "gl_summary"  # the run report's per-book totals; present once the summary is built
 
 # Opening = the shard's closing of D − 1 when it has a summary of D − 1; else (the first
-# summary, or after a day that was never summarised) the sum of every line before D. Rows
+# summary, or after a day that was never summarised) the sum of every movement before D. Rows
 # of D: every account of the opening (moved on D or not: balances carry forward) and every
 # account moved on D.
 _BUILD = """
@@ -38,15 +40,14 @@ opening AS (
   SELECT book, account_code, net FROM previous
   UNION ALL
   SELECT book, account, (sum(debit) - sum(credit))::int8
-  FROM journal_lines
+  FROM gl_daily_movements
   WHERE shard_id = $1 AND business_date < $2 AND NOT EXISTS (SELECT FROM previous)
   GROUP BY book, account
 ),
 day AS (
-  SELECT book, account, sum(debit)::int8 AS debit, sum(credit)::int8 AS credit
-  FROM journal_lines
+  SELECT book, account, debit, credit
+  FROM gl_daily_movements
   WHERE shard_id = $1 AND business_date = $2
-  GROUP BY book, account
 )
 INSERT INTO gl_daily_summary (shard_id, business_date, book, account_code, opening_net_debit,
                               debit, credit)
@@ -59,12 +60,12 @@ ON CONFLICT (shard_id, business_date, book, account_code) DO UPDATE
 """
 
 # The closing of D recomputed another way: the shard's running totals (account_balances,
-# written in the same commit as the lines) minus the lines dated after D. One statement, so
-# one snapshot of both. Right after end of day the lines after D are the few of D + 1.
+# written in the same commit as the lines) minus the movements dated after D. One
+# statement, so one snapshot of both. Right after end of day those are the few of D + 1.
 _MISMATCHES = """
 WITH later AS (
   SELECT book, account, (sum(debit) - sum(credit))::int8 AS net
-  FROM journal_lines
+  FROM gl_daily_movements
   WHERE shard_id = $1 AND business_date > $2
   GROUP BY book, account
 ),

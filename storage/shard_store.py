@@ -125,6 +125,16 @@ b AS (
     SET debit = account_balances.debit + EXCLUDED.debit,
         credit = account_balances.credit + EXCLUDED.credit
 ),
+gm AS (
+  -- the day's movements per account, for the daily GL summary (migration 0011)
+  INSERT INTO gl_daily_movements (shard_id, business_date, book, account, debit, credit)
+  SELECT $1, (r->>0)::date, r->>1, r->>2, (r->>3)::int8, (r->>4)::int8
+  FROM jsonb_array_elements($20::jsonb) AS r
+  WHERE EXISTS (SELECT FROM fence)
+  ON CONFLICT (shard_id, business_date, book, account) DO UPDATE
+    SET debit = gl_daily_movements.debit + EXCLUDED.debit,
+        credit = gl_daily_movements.credit + EXCLUDED.credit
+),
 i AS (
   INSERT INTO idempotency (shard_id, partner_id, idem_key, request_hash, status, body)
   SELECT $1, r->>0, r->>1, r->>2, (r->>3)::int2, decode(r->>4, 'base64')
@@ -260,6 +270,10 @@ def _commit_args(shard_id: int, epoch: int, diff: Diff, codes: dict[str, str]) -
         for e in diff.entries
         for n, line in enumerate(e.lines)
     ]
+    movements = [
+        (day, book, codes[role], d, c)
+        for (day, book, role), (d, c) in ledger.daily_deltas(diff.entries).items()
+    ]
     balances = [
         (book, codes[role], d, c)
         for (book, role), (d, c) in ledger.balance_deltas(diff.entries).items()
@@ -297,7 +311,7 @@ def _commit_args(shard_id: int, epoch: int, diff: Diff, codes: dict[str, str]) -
         shard_id, diff.next_seq, epoch, _rows(customers), _rows(applications), _rows(loans),
         _rows(repayments), _rows(lines), _rows(balances), _rows(idempotency),
         _rows(diff.partner_refs), _rows(reviews), _rows(audit), _rows(eod), _rows(cases),
-        _rows(events), _rows(contacts), _rows(requests), loan_states,
+        _rows(events), _rows(contacts), _rows(requests), loan_states, _rows(movements),
     ]
 
 

@@ -110,6 +110,17 @@ class Ops:
             "FROM journal_lines WHERE business_date = $1 GROUP BY account", day))
         return {r["account"]: (int(r["debit"]), int(r["credit"])) for r in rows}
 
+    def movements_match_journal(self) -> bool:
+        """gl_daily_movements (kept by each commit) is the journal summed per shard, date,
+        book and account, row for row."""
+        differ = self.system.run(self.system.pg().fetchval(
+            "SELECT count(*) FROM (SELECT shard_id, business_date, book, account, "
+            "sum(debit)::int8 AS debit, sum(credit)::int8 AS credit FROM journal_lines "
+            "GROUP BY 1, 2, 3, 4) AS j FULL JOIN gl_daily_movements AS m "
+            "USING (shard_id, business_date, book, account) "
+            "WHERE m.debit IS DISTINCT FROM j.debit OR m.credit IS DISTINCT FROM j.credit"))
+        return differ == 0
+
     def execute(self, sql: str, *args: Any) -> str:
         result: str = self.system.run(self.system.pg().execute(sql, *args))
         return result
@@ -170,6 +181,7 @@ def test_days_of_summaries_add_up_to_the_trial_balance(new_system: RunningSystem
         assert {c: (a["debit"], a["credit"]) for c, a in accounts.items()
                 if a["debit"] or a["credit"]} == ops.journal_of(day)
         assert body["balanced"] and body["total_debit"] > 0
+        assert ops.movements_match_journal()
         # closing = the trial balance at the end of the day; sums over days = its totals
         assert {c: a["closing"] for c, a in accounts.items()} == {
             a["code"]: a["balance"] for a in balance["accounts"]}

@@ -158,7 +158,7 @@ def test_reminders_follow_the_strategy_offsets() -> None:
     day = DISBURSED
     while day < FIRST_DUE + timedelta(days=10):
         loan = close_day(loan, day, SERVICING).loan
-        reminder = coll.plan_reminder(loan, day, POLICY)
+        reminder = coll.plan_reminder(loan, coll.reminder_plan(POLICY, day))
         if reminder is not None:
             planned[reminder.send_on] = (reminder.template, reminder.amount)
         day += timedelta(days=1)
@@ -170,6 +170,9 @@ def test_reminders_follow_the_strategy_offsets() -> None:
     assert planned[FIRST_DUE + timedelta(days=7)][0] == "overdue_7"
     assert planned[FIRST_DUE + timedelta(days=7)][1] > owed  # penalty by then
     assert len(planned) == 4
+    silent = msgspec.structs.replace(POLICY, reminders=[])
+    assert coll.reminder_plan(silent, FIRST_DUE) is None
+    assert coll.plan_reminder(loan, coll.reminder_plan(silent, FIRST_DUE)) is None
 
 
 def test_withholding_plans_what_is_due_tomorrow_only() -> None:
