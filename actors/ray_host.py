@@ -13,6 +13,7 @@ from typing import Any
 
 import ray
 
+from actors.heap import collect_rarely
 from actors.host import HostConfig, ShardHostCore
 
 
@@ -22,6 +23,7 @@ class ShardHostActor:
         import msgspec
 
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+        collect_rarely()
         # Trivial on purpose: state is loaded on first use, so a restart is cheap and lazy.
         self.core = ShardHostCore(msgspec.json.decode(config_json, type=HostConfig))
 

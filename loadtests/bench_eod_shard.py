@@ -1,6 +1,6 @@
 """Microbenchmark: one shard's end of day and memory, in-process (no Postgres, no Ray).
 
-Run: python -m loadtests.bench_eod_shard [--loans 62500] [--chunk 2000]
+Run: python -m loadtests.bench_eod_shard [--loans 62500] [--chunk 2000] [--python-gc]
 
 Seeds `--loans` loans into one `ShardState` the way `POST /ops/seed` does (`SeedLoans`
 commands of 2,000, committed to memory; the default is one shard's share of 1,000,000 loans
@@ -15,6 +15,8 @@ over 16 shards), then prints, as `key=value` lines:
   planning, thawing and freezing loans), until the shard reports nothing remaining;
 * close_day_us_per_loan — `lending.daily.close_day` alone on the same loans (thawed outside
   the timed region): the servicing part of the figure above;
+* gc_runs, gc_us_per_loan — the cycle collector's runs during the end of day and their time
+  (with the shard host's thresholds, actors/heap.py; `--python-gc` keeps Python's defaults);
 * eod_ratio — eod_us_per_loan / baseline_us (a plain loop building a 12-element list of
   tuples, as bench_servicing's baseline, measured in the same run).
 
@@ -35,6 +37,7 @@ from pathlib import Path
 
 import msgspec
 
+from actors.heap import collect_rarely
 from lending.commands import EodStep, SeedLoans
 from lending.daily import ServicingPolicy, close_day
 from lending.decision import RiskPolicy
@@ -101,15 +104,36 @@ def memory_parts(state: ShardState) -> dict[str, int]:
     }
 
 
-def time_eod(state: ShardState, ctx: ApplyContext, chunk: int) -> float:
+class CollectorClock:
+    """Counts the cycle collector's runs and the time they take (gc.callbacks)."""
+
+    def __init__(self) -> None:
+        self.runs = 0
+        self.seconds = 0.0
+        self._started = 0.0
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+        else:
+            self.runs += 1
+            self.seconds += time.perf_counter() - self._started
+
+
+def time_eod(state: ShardState, ctx: ApplyContext, chunk: int, gc_clock: CollectorClock
+             ) -> float:
+    gc.callbacks.append(gc_clock)
     started = time.perf_counter()
-    while True:
-        replies, diff = apply_batch(state, [EodStep(DAY, chunk)], Prefetched(), ctx)
-        if replies[0].status != 200:
-            raise RuntimeError(f"end of day failed: {replies[0].body!r}")
-        state.commit(diff)
-        if _RESULT.decode(replies[0].body).remaining == 0:
-            return time.perf_counter() - started
+    try:
+        while True:
+            replies, diff = apply_batch(state, [EodStep(DAY, chunk)], Prefetched(), ctx)
+            if replies[0].status != 200:
+                raise RuntimeError(f"end of day failed: {replies[0].body!r}")
+            state.commit(diff)
+            if _RESULT.decode(replies[0].body).remaining == 0:
+                return time.perf_counter() - started
+    finally:
+        gc.callbacks.remove(gc_clock)
 
 
 def time_close_day(state: ShardState, policy: ServicingPolicy) -> float:
@@ -127,7 +151,17 @@ def baseline_us(rounds: int = 200_000) -> float:
     return (time.perf_counter() - started) * 1e6 / rounds
 
 
-def measure(loans: int, chunk: int) -> dict[str, float]:
+def measure(loans: int, chunk: int, python_gc: bool = False) -> dict[str, float]:
+    thresholds = gc.get_threshold()
+    if not python_gc:
+        collect_rarely()  # as a shard host does
+    try:
+        return _measure(loans, chunk)
+    finally:
+        gc.set_threshold(*thresholds)
+
+
+def _measure(loans: int, chunk: int) -> dict[str, float]:
     ctx = context()
     gc.collect()
     tracemalloc.start()
@@ -139,12 +173,15 @@ def measure(loans: int, chunk: int) -> dict[str, float]:
     for part, size in memory_parts(state).items():
         figures[f"live_bytes_{part}_per_loan"] = round(size / loans)
     close_s = time_close_day(state, ctx.servicing)
-    eod_s = time_eod(state, ctx, chunk)
+    gc_clock = CollectorClock()
+    eod_s = time_eod(state, ctx, chunk, gc_clock)
     if any(loan.last_closed_on != DAY for loan in state.loans.values()):
         raise RuntimeError("end of day left loans unclosed")
     base = baseline_us()
     figures["eod_us_per_loan"] = round(eod_s * 1e6 / loans, 1)
     figures["close_day_us_per_loan"] = round(close_s * 1e6 / loans, 1)
+    figures["gc_runs"] = gc_clock.runs
+    figures["gc_us_per_loan"] = round(gc_clock.seconds * 1e6 / loans, 2)
     figures["baseline_us"] = round(base, 3)
     figures["eod_ratio"] = round(eod_s * 1e6 / loans / base, 1)
     return figures
@@ -154,10 +191,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--loans", type=int, default=62_500)
     parser.add_argument("--chunk", type=int, default=2000)
+    parser.add_argument("--python-gc", action="store_true",
+                        help="keep Python's default collector thresholds (not the host's)")
     args = parser.parse_args(argv)
     if args.loans < 1 or args.chunk < 1:
         parser.error("--loans and --chunk must be >= 1")
-    figures = measure(args.loans, args.chunk)
+    figures = measure(args.loans, args.chunk, args.python_gc)
     for name, value in figures.items():
         print(f"{name}={value:g}", flush=True)
     print("eod_shard_bench ok " + " ".join(f"{k}={v:g}" for k, v in figures.items()))
