@@ -373,6 +373,35 @@ def _services(stack: ExitStack, workdir: Path) -> tuple[str, str]:
     return f"{base}/{name}" + (f"?{query}" if query else ""), redis_url
 
 
+_LOAN_UPDATES = ("SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables "
+                 "WHERE relname = 'loans'")
+STATS_WAIT_S = 15.0  # backends report their counts to the statistics within seconds
+
+
+def loan_updates(pg_dsn: str) -> tuple[int, int]:
+    """(updates, of which HOT) of the loans table so far, from Postgres's statistics."""
+    async def read() -> tuple[int, int]:
+        conn = await asyncpg.connect(pg_dsn)
+        try:
+            row = await conn.fetchrow(_LOAN_UPDATES)
+        finally:
+            await conn.close()
+        return (0, 0) if row is None else (int(row[0]), int(row[1]))
+    return asyncio.run(read())
+
+
+def hot_update_pct(pg_dsn: str, before: tuple[int, int], loans: int) -> float:
+    """The share of HOT updates among the loan updates since `before`, once the statistics
+    count at least `loans` of them (the end of day's), or after STATS_WAIT_S."""
+    deadline = time.monotonic() + STATS_WAIT_S
+    while True:
+        updates, hot = loan_updates(pg_dsn)
+        if updates - before[0] >= loans or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    return round(100 * (hot - before[1]) / max(1, updates - before[0]), 1)
+
+
 def _start_system(
     stack: ExitStack, config_file: Path | None, pg_dsn: str, redis_url: str, workdir: Path
 ) -> tuple[subprocess.Popen[str], int, int, float]:
@@ -587,9 +616,10 @@ def _time_outbox(
 def run_eod_bench(config_file: Path | None, loans: int) -> int:
     """Seed `loans` through POST /ops/seed on a fresh system, then time one POST /ops/eod.
     Prints seed_s, seed_loans_per_s, host_rss_bytes_per_loan, eod_s, eod_loans_per_s,
-    eod_gl_summary_s (the daily GL summary step, part of eod_s), recovery_s (a shard host
-    SIGKILLed: until every sample loan is served again) and the trial balance check; exit
-    code non-zero only when something failed."""
+    eod_gl_summary_s (the daily GL summary step, part of eod_s), eod_loans_hot_pct (the
+    share of loan rows Postgres rewrote in place, without a new index entry), recovery_s (a
+    shard host SIGKILLed: until every sample loan is served again) and the trial balance
+    check; exit code non-zero only when something failed."""
     figures: dict[str, object] = {"loans": loans}
     ok = True
     with ExitStack() as stack:
@@ -620,6 +650,7 @@ def run_eod_bench(config_file: Path | None, loans: int) -> int:
         eod_s = 0.0
         processed = 0
         if ok:
+            updates_before = loan_updates(pg_dsn)
             cpu_before, pg_before = cpu_snapshot(), postgres_cpu_by_kind()
             started = time.perf_counter()
             eod = _ops_post(ops_port, "/ops/eod", {})
@@ -631,6 +662,7 @@ def run_eod_bench(config_file: Path | None, loans: int) -> int:
             pg_cpu = cpu_ms_per_request(pg_before, postgres_cpu_by_kind(), loans)
             figures.update({f"eod_cpu_us_pg_{kind}": round(ms * 1000, 1)
                             for kind, ms in sorted(pg_cpu.items())})
+            figures["eod_loans_hot_pct"] = hot_update_pct(pg_dsn, updates_before, loans)
             if eod.status_code == 200:
                 processed = int(eod.json()["loans_processed"])
                 steps = eod.json()["steps"]

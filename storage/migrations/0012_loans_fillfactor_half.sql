@@ -1,0 +1,11 @@
+-- End of day rewrites a chunk of loans in id order in ONE transaction, which is every row
+-- of each page it touches (rows were inserted in id order). The old versions of those rows
+-- are not dead until the transaction commits, so they cannot be pruned to make room: a
+-- page takes as many HOT updates as its free space holds new versions, and at fillfactor
+-- 70 (migration 0010) that was fewer than half of its rows. The rest moved to other pages
+-- with a new primary-key entry each (and a dead one left behind). Half-full pages hold a
+-- new version of every row; the next day prunes yesterday's versions on first touch.
+-- `lendcore bench --eod N` prints the share as eod_loans_hot_pct.
+-- Applies to pages written from now on; an existing table is repacked by VACUUM FULL loans
+-- (or pg_repack) in a quiet hour.
+ALTER TABLE loans SET (fillfactor = 50);
