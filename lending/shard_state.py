@@ -313,6 +313,7 @@ class Diff(msgspec.Struct):
     # customer → the contact log after this batch (the limits' window only)
     contact_logs: dict[str, tuple[date, ...]] = msgspec.field(default_factory=dict)
     frozen: dict[str, Loan] | None = None  # `loans` frozen, once: see frozen_loans
+    booked: frozenset[str] = frozenset()  # ids in `loans` new to the shard (rows to insert)
 
     def frozen_loans(self) -> dict[str, Loan]:
         """`loans` frozen (lending.memory), in the same order. Made once, after the batch
@@ -608,6 +609,8 @@ def apply_batch(
 ) -> tuple[list[Reply], Diff]:
     batch = _Batch(state, prefetched, ctx)
     replies = [_apply_one(batch, command) for command in commands]
+    batch.diff.booked = frozenset(
+        loan_id for loan_id in batch.diff.loans if loan_id not in state.loans)
     return replies, batch.diff
 
 

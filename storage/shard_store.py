@@ -4,8 +4,10 @@ A writing batch normally costs ONE round trip:
 1. commit: ONE statement, hence one atomic transaction, whose first part is the lease fence
    (UPDATE shard_lease ... WHERE epoch = mine) and whose every write is conditioned on the
    fence having matched. Zero fence rows means a newer owner exists: nothing is written and
-   LeaseLost is raised. The writes are data-modifying CTEs over jsonb arrays of rows, so the
-   statement is the same whatever the batch size. The core sends it optimistically, applied
+   LeaseLost is raised. The writes are data-modifying CTEs over jsonb arrays of rows (typed
+   arrays for the stored loans it updates), so the statement is the same whatever the batch
+   size; its last step fails it, writing nothing, unless it updated every stored loan the
+   batch changed (migration 0013). The core sends it optimistically, applied
    as if no idempotency key or book-wide reference of the batch was used before; the
    idempotency and partner_refs inserts have no ON CONFLICT, so if one was, the statement
    fails on a unique index (asyncpg.UniqueViolationError) and writes nothing.
@@ -88,17 +90,24 @@ a AS (
     trace = COALESCE(EXCLUDED.trace, applications.trace)
 ),
 l AS (
-  -- the states come as a bytea[] beside the rows, in the same order: end of day rewrites
-  -- every loan, and base64 inside JSON cost Postgres a parse of ~1.5 KB a loan
+  -- loans the batch booked; the states come as a bytea[] beside the rows, in their order
   INSERT INTO loans (shard_id, loan_id, customer_id, partner_id, status,
                      principal_outstanding, version, state)
   SELECT $1, r->>0, r->>1, r->>2, r->>3, (r->>4)::int8, (r->>5)::int4, s.state
   FROM jsonb_array_elements($6::jsonb) WITH ORDINALITY AS t(r, n)
   JOIN unnest($19::bytea[]) WITH ORDINALITY AS s(state, n) USING (n)
   WHERE EXISTS (SELECT FROM fence)
-  ON CONFLICT (shard_id, loan_id) DO UPDATE SET status = EXCLUDED.status,
-    principal_outstanding = EXCLUDED.principal_outstanding, version = EXCLUDED.version,
-    state = EXCLUDED.state
+),
+lu AS (
+  -- loans already stored (end of day rewrites every one of them): an UPDATE from typed
+  -- arrays, not an upsert, which locked each row first (one more WAL record a loan) and
+  -- parsed its columns out of JSON
+  UPDATE loans AS o SET status = u.status, principal_outstanding = u.outstanding,
+    version = u.version, state = u.state
+  FROM unnest($21::text[], $22::text[], $23::int8[], $24::int4[], $25::bytea[])
+    AS u(loan_id, status, outstanding, version, state)
+  WHERE o.shard_id = $1 AND o.loan_id = u.loan_id AND EXISTS (SELECT FROM fence)
+  RETURNING 1
 ),
 p AS (
   INSERT INTO repayments (shard_id, repayment_id, loan_id, partner_id, external_ref, kind,
@@ -234,7 +243,7 @@ cr AS (
   FROM jsonb_array_elements($18::jsonb) AS r
   WHERE EXISTS (SELECT FROM fence)
 )
-SELECT count(*) FROM fence
+SELECT lendcore_check_commit((SELECT count(*) FROM fence), (SELECT count(*) FROM lu), $26)
 """
 
 _JSON = msgspec.json.Encoder()
@@ -253,12 +262,15 @@ def _commit_args(shard_id: int, epoch: int, diff: Diff, codes: dict[str, str]) -
          None if a.trace is None else _ENCODER.encode(a.trace))
         for a in diff.applications.values()
     ]
+    booked = [n for n in diff.loans.values() if n.loan_id in diff.booked]
+    stored = [n for n in diff.loans.values() if n.loan_id not in diff.booked]
+    frozen = diff.frozen_loans()
     loans = [
         (n.loan_id, n.customer_id, n.partner_id, n.status, n.outstanding_principal(),
          n.version)
-        for n in diff.loans.values()
+        for n in booked
     ]
-    loan_states = [encode_loan_row(n) for n in diff.frozen_loans().values()]
+    loan_states = [encode_loan_row(frozen[n.loan_id]) for n in booked]
     repayments = [
         (r.repayment_id, r.loan_id, r.partner_id, r.external_ref, r.kind, r.amount,
          r.value_date, r.penalty, r.fee, r.interest, r.principal)
@@ -312,6 +324,9 @@ def _commit_args(shard_id: int, epoch: int, diff: Diff, codes: dict[str, str]) -
         _rows(repayments), _rows(lines), _rows(balances), _rows(idempotency),
         _rows(diff.partner_refs), _rows(reviews), _rows(audit), _rows(eod), _rows(cases),
         _rows(events), _rows(contacts), _rows(requests), loan_states, _rows(movements),
+        [n.loan_id for n in stored], [n.status for n in stored],
+        [n.outstanding_principal() for n in stored], [n.version for n in stored],
+        [encode_loan_row(frozen[n.loan_id]) for n in stored], len(stored),
     ]
 
 
