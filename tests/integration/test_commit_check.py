@@ -22,7 +22,7 @@ from lending.commands import EodStep, SeedLoans
 from lending.memory import decode_loan_row
 from lending.products import load_catalog
 from lending.riskbook import load_risk_book
-from lending.shard_state import ApplyContext
+from lending.shard_state import ApplyContext, eod_cause
 from storage import cluster_store
 from storage.migrate import migrate
 from storage.shard_store import ShardStore
@@ -43,7 +43,7 @@ async def _stored_closed_on(pool: asyncpg.Pool) -> dict[str, date | None]:
     return {(n := decode_loan_row(r["state"])).loan_id: n.last_closed_on for r in rows}
 
 
-async def _scenario(dsn: str) -> None:
+async def _scenario(dsn: str, copy_entries_min: int) -> None:
     settings = load_settings(environ={})
     pool = await asyncpg.create_pool(dsn, min_size=1, max_size=4)
     async with pool.acquire() as conn:
@@ -51,7 +51,8 @@ async def _scenario(dsn: str) -> None:
         await cluster_store.initialise(conn, 1, BUSINESS_DATE)
     context = ApplyContext(BUSINESS_DATE, load_catalog(Path("config/products")),
                            risk_policy(settings), risk=load_risk_book(Path("config/risk")))
-    core = ShardCore(0, ShardStore(pool, "test", CODES), lambda: context, 100, 10)
+    store = ShardStore(pool, "test", CODES, copy_entries_min=copy_entries_min)
+    core = ShardCore(0, store, lambda: context, 100, 10)
     try:
         await core.activate()
         assert (await core.submit(SeedLoans(6, 3, BUSINESS_DATE))).status == 200
@@ -74,10 +75,17 @@ async def _scenario(dsn: str) -> None:
         after = await _stored_closed_on(pool)
         assert set(after) == set(before) - {gone}
         assert set(after.values()) == {BUSINESS_DATE}
+        accrued = {r[0] for r in await pool.fetch(
+            "SELECT DISTINCT loan_id FROM journal_lines WHERE cause = $1",
+            eod_cause(BUSINESS_DATE))}
+        assert accrued and accrued <= set(after)  # the day's entries, by statement or COPY
     finally:
         await core.stop()
         await pool.close()
 
 
-def test_a_loan_missing_from_postgres_fails_the_whole_commit(database: str) -> None:
-    asyncio.run(_scenario(database))
+@pytest.mark.parametrize("copy_entries_min", [1, 10_000], ids=["copy", "statement"])
+def test_a_loan_missing_from_postgres_fails_the_whole_commit(
+    database: str, copy_entries_min: int
+) -> None:
+    asyncio.run(_scenario(database, copy_entries_min))
