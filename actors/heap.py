@@ -4,9 +4,10 @@ Cycle collection. The shard's own objects are untracked by the cycle collector (
 Structs, bytes, dicts holding only those), but every batch builds tens of thousands of
 short-lived tracked objects (lists of installments, journal entries, row tuples) that stay
 alive while their commit waits on Postgres, beside other shards' batches. With Python's
-default thresholds (700, 10, 10) they are promoted and the collector ran hundreds of times
-per shard's end of day, for nothing: our data has no cycles to find. `collect_rarely`
-raises the thresholds for the host process; cycles (from libraries) are still collected.
+default thresholds (700, 10, 10) the collector runs hundreds of times in one shard's end
+of day (`python -m loadtests.bench_eod_shard --python-gc` counts them), for nothing: our
+data has no cycles to find. `collect_rarely` raises the thresholds for the host process;
+cycles (from libraries) are still collected.
 
 A shard host holds its shards in memory for good, and builds large short-lived objects
 beside them: a seed or end-of-day batch of 2,000 loans builds a Diff, journal entries and

@@ -75,11 +75,11 @@ _POLL_INTERVAL_S = 0.02
 _LOG_TAIL_LINES = 20
 # The embedded Postgres is lendcore's alone, so it is sized for our write pattern rather than
 # left at Postgres's defaults (docs/operations.md, "Embedded services"). End of day rewrites
-# every loan row and appends about two journal lines a loan: with the default 128 MB of
-# shared buffers a 1,000,000-loan book (about 1 GB of loans and journal indexes) evicted
-# a dirty page for nearly every row it wrote, and with the default max_wal_size (1 GB) a
-# checkpoint started every few seconds of the run, each making the next write of every
-# page log a full page image.
+# every loan row and appends about two journal lines a loan: a 1,000,000-loan book does
+# not fit in the default 128 MB of shared buffers, so the run evicts dirty pages as it
+# writes, and it writes about as much WAL as the default max_wal_size (1 GB), so
+# checkpoints fall inside the run, after each of which the next write of every page logs a
+# full page image. Measured by `lendcore bench --eod N` (docs/performance.md).
 EMBEDDED_POSTGRES_SETTINGS = {
     "shared_buffers": "1GB",
     "max_wal_size": "8GB",

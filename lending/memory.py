@@ -15,8 +15,7 @@ the list, `pack_installments`).
   thawed copies.
 * Plain `bytes`, not a subclass: an instance of any class defined in Python is tracked by
   the cycle collector (16 bytes more per loan, and every full collection walks every loan
-  of the shard: a tenth of an end of day's time in `loadtests.bench_eod_shard`); bytes are
-  not tracked.
+  of the shard); bytes are not tracked.
 * A frozen loan cannot be changed in place (bytes have no mutating method), and code that
   forgot to thaw reads ints where it expects installments, which fails at once
   (`AttributeError`). Only `encode_loan_row` writes a frozen loan out.
@@ -173,8 +172,8 @@ def _row_field(field: msgspec.structs.FieldInfo) -> tuple[Any, ...]:
 
 
 _ROW_FIELDS = [_row_field(f) for f in _FIELDS]
-# Written as an array: field names made half of a ~900-byte row, and Postgres's cost of
-# rewriting every loan at end of day grows with the row (WAL and heap).
+# Written as an array: Loan's field names (375 bytes) were close to half of a map row, and
+# Postgres's cost of rewriting every loan at end of day grows with the row (WAL and heap).
 _LoanRow = msgspec.defstruct("_LoanRow", _ROW_FIELDS, array_like=True, gc=False)
 _MapLoanRow = msgspec.defstruct("_MapLoanRow", _ROW_FIELDS, gc=False)  # rows of before
 _ROW_ENCODER = msgspec.msgpack.Encoder()

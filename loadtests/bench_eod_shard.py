@@ -10,6 +10,7 @@ over 16 shards), then prints, as `key=value` lines:
   seeding): the frozen loan, its customer, its application and the indexes;
 * live_bytes_<part>_per_loan — the same split by part (loans, customers, applications,
   indexes), walking the objects with sys.getsizeof, each object counted once;
+* row_bytes_per_loan — the loan's Postgres row (loans.state) as the shard writes it;
 * eod_us_per_loan — the shard side of one end of day: `EodStep` chunks of `--chunk` through
   `apply_batch` and `ShardState.commit` (servicing, collections, reminder and withholding
   planning, thawing and freezing loans), until the shard reports nothing remaining;
@@ -41,7 +42,7 @@ from actors.heap import collect_rarely
 from lending.commands import EodStep, SeedLoans
 from lending.daily import ServicingPolicy, close_day
 from lending.decision import RiskPolicy
-from lending.memory import thaw_loan
+from lending.memory import encode_loan_row, thaw_loan
 from lending.products import load_catalog
 from lending.shard_state import ApplyContext, EodStepResult, Prefetched, ShardState, apply_batch
 
@@ -170,6 +171,8 @@ def _measure(loans: int, chunk: int) -> dict[str, float]:
     live, _ = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     figures: dict[str, float] = {"loans": loans, "live_bytes_per_loan": round(live / loans)}
+    figures["row_bytes_per_loan"] = round(
+        sum(len(encode_loan_row(loan)) for loan in state.loans.values()) / loans)
     for part, size in memory_parts(state).items():
         figures[f"live_bytes_{part}_per_loan"] = round(size / loans)
     close_s = time_close_day(state, ctx.servicing)

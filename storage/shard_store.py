@@ -298,12 +298,7 @@ def _commit_args(
          r.value_date, r.penalty, r.fee, r.interest, r.principal)
         for r in diff.repayments
     ]
-    lines = [] if lines_by_copy else [
-        (e.entry_id, n, e.business_date, e.book, e.loan_id, e.cause, e.kind,
-         codes[line.account], line.debit, line.credit)
-        for e in diff.entries
-        for n, line in enumerate(e.lines)
-    ]
+    lines = [] if lines_by_copy else [row[1:] for row in journal_rows(shard_id, diff, codes)]
     movements = [
         (day, book, codes[role], d, c)
         for (day, book, role), (d, c) in ledger.daily_deltas(diff.entries).items()
@@ -449,9 +444,8 @@ class ShardStore:
 
         One statement, except for a batch of many journal entries (an end-of-day chunk, a
         seed batch): its lines go by COPY, in a transaction after the fenced statement.
-        Postgres takes a row by COPY for about half the CPU of a row parsed out of JSON,
-        and such a batch is mostly journal lines; the three more round trips are nothing
-        beside the batch's size."""
+        COPY spares Postgres parsing each row out of JSON, and such a batch is mostly
+        journal lines; the three more round trips are nothing beside the batch's size."""
         if len(diff.entries) < self.copy_entries_min:
             args = _commit_args(shard_id, epoch, diff, self.codes)
             self._fenced(await conn.fetchval(_COMMIT, *args), shard_id, epoch)

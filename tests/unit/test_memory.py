@@ -90,7 +90,7 @@ def test_a_frozen_loan_is_untracked_read_only_and_fails_where_not_thawed() -> No
     assert not gc.is_tracked(frozen) and not gc.is_tracked(frozen.installments)
     assert plain(unpack_installments(frozen.installments)) == plain(loan.installments)
     with pytest.raises(TypeError):
-        frozen.installments[0] = loan.installments[0]  # type: ignore[call-overload]
+        frozen.installments[0] = loan.installments[0]
     with pytest.raises(AttributeError):
         frozen.outstanding_principal()  # servicing code on a frozen loan: ints, not installments
     assert thaw_loan(loan) is loan  # not frozen: nothing to do
