@@ -22,6 +22,7 @@ by COPY instead, after the statement in the same transaction (ShardStore.commit)
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
@@ -350,19 +351,33 @@ def _commit_args(
 async def _load_collections(conn: asyncpg.Connection, state: ShardState) -> None:
     """Open cases, and every customer's contacts of the limits' window (a week back from
     the business date)."""
-    async for row in conn.cursor(
-        "SELECT state FROM collection_cases WHERE shard_id = $1 AND status = 'open'",
-        state.shard_id, prefetch=LOAD_PAGE_ROWS,
+    async for rows in _pages(
+        conn, "SELECT state FROM collection_cases WHERE shard_id = $1 AND status = 'open'",
+        state.shard_id,
     ):
-        state.keep_case(_CASE.decode(row[0]))
-    async for row in conn.cursor(
+        for row in rows:
+            state.keep_case(_CASE.decode(row[0]))
+    async for rows in _pages(
+        conn,
         "SELECT customer_id, contact_on FROM contact_log WHERE shard_id = $1 AND contact_on >= "
         "(SELECT value::date FROM cluster_meta WHERE key = 'business_date') - $2::int "
         "ORDER BY contact_on",
-        state.shard_id, WEEK_DAYS, prefetch=LOAD_PAGE_ROWS,
+        state.shard_id, WEEK_DAYS,
     ):
-        customer_id = row[0]
-        state.contact_logs[customer_id] = (*state.contact_logs.get(customer_id, ()), row[1])
+        for customer_id, contact_on in rows:
+            state.contact_logs[customer_id] = (
+                *state.contact_logs.get(customer_id, ()), contact_on)
+
+
+async def _pages(
+    conn: asyncpg.Connection, query: str, *args: Any
+) -> AsyncIterator[list[asyncpg.Record]]:
+    """The rows of `query`, LOAD_PAGE_ROWS at a time (inside the caller's transaction).
+    Pages, not `async for row in conn.cursor(...)`, which awaits once per row, each time
+    through asyncpg's connection checks: a reload reads every row of the shard."""
+    cursor = await conn.cursor(query, *args)
+    while rows := await cursor.fetch(LOAD_PAGE_ROWS):
+        yield rows
 
 
 class ShardStore:
@@ -391,26 +406,24 @@ class ShardStore:
     async def load(self, shard_id: int, next_seq: int) -> ShardState:
         state = ShardState(shard_id, next_seq)
         async with self.pool.acquire() as conn, conn.transaction(readonly=True):
-            async for row in conn.cursor(
-                "SELECT state FROM customers WHERE shard_id = $1", shard_id,
-                prefetch=LOAD_PAGE_ROWS,
+            async for rows in _pages(conn, "SELECT state FROM customers WHERE shard_id = $1",
+                                     shard_id):
+                for row in rows:
+                    state.keep_customer(_CUSTOMER.decode(row[0]))
+            async for rows in _pages(conn, "SELECT state FROM applications WHERE shard_id = $1",
+                                     shard_id):
+                for row in rows:
+                    state.keep_application(_APPLICATION.decode(row[0]))
+            async for rows in _pages(conn, "SELECT state FROM loans WHERE shard_id = $1",
+                                     shard_id):
+                for row in rows:
+                    state.keep_loaded_loan(loan_from_row(row[0]))
+            async for rows in _pages(
+                conn, "SELECT state FROM application_reviews WHERE shard_id = $1", shard_id
             ):
-                state.keep_customer(_CUSTOMER.decode(row[0]))
-            async for row in conn.cursor(
-                "SELECT state FROM applications WHERE shard_id = $1", shard_id,
-                prefetch=LOAD_PAGE_ROWS,
-            ):
-                state.keep_application(_APPLICATION.decode(row[0]))
-            async for row in conn.cursor(
-                "SELECT state FROM loans WHERE shard_id = $1", shard_id, prefetch=LOAD_PAGE_ROWS
-            ):
-                state.keep_loaded_loan(loan_from_row(row[0]))
-            async for row in conn.cursor(
-                "SELECT state FROM application_reviews WHERE shard_id = $1", shard_id,
-                prefetch=LOAD_PAGE_ROWS,
-            ):
-                review = _REVIEW.decode(row[0])
-                state.reviews[review.application_id] = review
+                for row in rows:
+                    review = _REVIEW.decode(row[0])
+                    state.reviews[review.application_id] = review
             await _load_collections(conn, state)
         return state
 
