@@ -166,17 +166,6 @@ def reversal_of(entry: JournalEntry, entry_id: str, business_date: date,
                         lines)
 
 
-def balance_deltas(entries: Iterable[JournalEntry]) -> dict[tuple[str, str], tuple[int, int]]:
-    """(book, role) → (debit, credit) totals of the given entries."""
-    totals: dict[tuple[str, str], tuple[int, int]] = {}
-    for entry in entries:
-        for line in entry.lines:
-            key = (entry.book, line.account)
-            debit, credit = totals.get(key, (0, 0))
-            totals[key] = (debit + line.debit, credit + line.credit)
-    return totals
-
-
 def daily_deltas(
     entries: Iterable[JournalEntry],
 ) -> dict[tuple[date, str, str], tuple[int, int]]:
@@ -189,6 +178,22 @@ def daily_deltas(
             debit, credit = totals.get(key, (0, 0))
             totals[key] = (debit + line.debit, credit + line.credit)
     return totals
+
+
+def balances_of(
+    daily: dict[tuple[date, str, str], tuple[int, int]],
+) -> dict[tuple[str, str], tuple[int, int]]:
+    """(book, role) → (debit, credit): daily deltas summed over their dates."""
+    totals: dict[tuple[str, str], tuple[int, int]] = {}
+    for (_, book, role), (debit, credit) in daily.items():
+        before_debit, before_credit = totals.get((book, role), (0, 0))
+        totals[(book, role)] = (before_debit + debit, before_credit + credit)
+    return totals
+
+
+def balance_deltas(entries: Iterable[JournalEntry]) -> dict[tuple[str, str], tuple[int, int]]:
+    """(book, role) → (debit, credit) totals of the given entries."""
+    return balances_of(daily_deltas(entries))
 
 
 def net_debits(entries: Iterable[JournalEntry]) -> dict[str, int]:

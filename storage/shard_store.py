@@ -300,13 +300,10 @@ def _commit_args(
         for r in diff.repayments
     ]
     lines = [] if lines_by_copy else [row[1:] for row in journal_rows(shard_id, diff, codes)]
-    movements = [
-        (day, book, codes[role], d, c)
-        for (day, book, role), (d, c) in ledger.daily_deltas(diff.entries).items()
-    ]
+    daily = ledger.daily_deltas(diff.entries)  # one pass over the lines for both tables
+    movements = [(day, book, codes[role], d, c) for (day, book, role), (d, c) in daily.items()]
     balances = [
-        (book, codes[role], d, c)
-        for (book, role), (d, c) in ledger.balance_deltas(diff.entries).items()
+        (book, codes[role], d, c) for (book, role), (d, c) in ledger.balances_of(daily).items()
     ]
     idempotency = [
         (k.partner_id, k.idem_key, k.request_hash, k.status, k.body)
