@@ -36,6 +36,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from contextlib import ExitStack
 from datetime import date, timedelta
 from pathlib import Path
@@ -217,14 +218,18 @@ def batch_factory(loans: list[str], hostport: str, run_id: str):
     return next_request
 
 
-def cpu_snapshot() -> dict[int, tuple[str, float]]:
-    """pid → (role, CPU seconds so far) of every process on the machine."""
+def cpu_snapshot(
+    role_of: Callable[[psutil.Process], str | None] | None = None,
+) -> dict[int, tuple[str, float]]:
+    """pid → (role, CPU seconds so far) of every process on the machine that `role_of`
+    (default: by process role) names."""
+    classify = _role if role_of is None else role_of
     snapshot = {}
     for proc in psutil.process_iter(["name", "cmdline", "cpu_times"]):
         times = proc.info["cpu_times"]
-        if times is None:
-            continue
-        snapshot[proc.pid] = (_role(proc), times.user + times.system)
+        role = None if times is None else classify(proc)
+        if role is not None:
+            snapshot[proc.pid] = (role, times.user + times.system)
     return snapshot
 
 
@@ -260,20 +265,21 @@ def cpu_ms_per_request(
 _PG_BACKGROUND = ("autovacuum", "checkpointer", "walwriter", "background writer")
 
 
+def _postgres_kind(proc: psutil.Process) -> str | None:
+    """A Postgres process's kind: client backend ("backend"), each background kind, and
+    the postmaster with the rest ("other"); None for any other process."""
+    if _role(proc) != "postgres":
+        return None
+    title = " ".join(proc.info["cmdline"] or [])
+    kind = next((k for k in _PG_BACKGROUND if k in title), None)
+    if kind is None:
+        kind = "backend" if "[local]" in title or "127.0.0.1" in title else "other"
+    return kind.replace(" ", "_")
+
+
 def postgres_cpu_by_kind() -> dict[int, tuple[str, float]]:
-    """pid → (kind, CPU seconds so far) of every Postgres process: client backends
-    ("backend"), each background kind, and the postmaster with the rest ("other")."""
-    snapshot = {}
-    for proc in psutil.process_iter(["name", "cmdline", "cpu_times"]):
-        times = proc.info["cpu_times"]
-        if times is None or _role(proc) != "postgres":
-            continue
-        title = " ".join(proc.info["cmdline"] or [])
-        kind = next((k for k in _PG_BACKGROUND if k in title), None)
-        if kind is None:
-            kind = "backend" if "[local]" in title or "127.0.0.1" in title else "other"
-        snapshot[proc.pid] = (kind.replace(" ", "_"), times.user + times.system)
-    return snapshot
+    """pid → (kind, CPU seconds so far) of every Postgres process."""
+    return cpu_snapshot(_postgres_kind)
 
 
 class BatchCounter:
