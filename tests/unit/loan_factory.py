@@ -5,16 +5,29 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import date
+from pathlib import Path
 from typing import Any
 
 import msgspec
 
 from lending import ledger, reconcile
+from lending.daily import ServicingPolicy
+from lending.decision import RiskPolicy
 from lending.loans import ALLOCATION_OLDEST_FIRST, Loan, disbursement_posting, new_loan
+from lending.products import load_catalog
 from lending.schedules import build_schedule
+from lending.shard_state import ApplyContext
 
 # Due day 28 (the disbursement day capped at 28): period 1 is due 2026-12-28, 29 days later.
 DISBURSED = date(2026, 11, 29)
+
+
+def shard_context(day: date) -> ApplyContext:
+    """What a shard applies commands with on `day`: the repository's product catalogue, the
+    default risk and servicing policies."""
+    root = Path(__file__).resolve().parents[2]
+    return ApplyContext(day, load_catalog(root / "config" / "products", 2400),
+                        RiskPolicy(2400, 7), ServicingPolicy())
 
 
 def make_loan(

@@ -6,17 +6,15 @@ from __future__ import annotations
 
 import gc
 from datetime import date, timedelta
-from pathlib import Path
 
 import msgspec
 import pytest
 from hypothesis import given
-from loan_factory import make_loan
+from loan_factory import make_loan, shard_context
 from test_loans import HISTORY_SETTINGS, State, histories
 
 from lending.commands import SeedLoans
 from lending.daily import ServicingPolicy, close_day
-from lending.decision import RiskPolicy
 from lending.loans import Loan, apply_repayment
 from lending.memory import (
     decode_loan_row,
@@ -28,20 +26,16 @@ from lending.memory import (
     unpack_installments,
     with_shared_values,
 )
-from lending.products import load_catalog
 from lending.shard_state import (
     Application,
-    ApplyContext,
     Customer,
     Prefetched,
     ShardState,
     apply_batch,
 )
 
-ROOT = Path(__file__).resolve().parents[2]
 DAY = date(2026, 3, 2)
-CTX = ApplyContext(DAY, load_catalog(ROOT / "config" / "products", 2400), RiskPolicy(2400, 7),
-                   ServicingPolicy())
+CTX = shard_context(DAY)
 ROW = msgspec.msgpack.Encoder()
 LOAN_ROW = msgspec.msgpack.Decoder(Loan)  # a row as the plain Loan reads it
 

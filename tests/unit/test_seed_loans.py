@@ -7,15 +7,13 @@ from __future__ import annotations
 import json
 from collections import Counter
 from datetime import date, timedelta
-from pathlib import Path
+
+from loan_factory import shard_context
 
 from lending import ledger, reconcile
 from lending.commands import SEED_MAX_PER_COMMAND, EodStep, SeedLoans, is_write
-from lending.daily import ServicingPolicy
-from lending.decision import APPROVED, RiskPolicy
-from lending.products import load_catalog
+from lending.decision import APPROVED
 from lending.shard_state import (
-    ApplyContext,
     Prefetched,
     ShardState,
     apply_batch,
@@ -23,10 +21,8 @@ from lending.shard_state import (
     shard_of_id,
 )
 
-ROOT = Path(__file__).resolve().parents[2]
 DAY = date(2026, 3, 2)
-CTX = ApplyContext(DAY, load_catalog(ROOT / "config" / "products", 2400), RiskPolicy(2400, 7),
-                   ServicingPolicy())
+CTX = shard_context(DAY)
 
 
 def seed(state: ShardState, count: int, seed_value: int = 7):
