@@ -4,23 +4,33 @@ Every request makes one to three Redis calls; sent one by one, redis-py's per-ca
 and one round trip each cost more CPU than the rest of the gateway. Calls made during the
 same event-loop tick are sent as ONE pipeline (no MULTI: the scripts are atomic on their
 own), so the cost is paid once per tick instead of once per call.
+
+The calls go as plain EVALSHA. A redis-py Script run through a pipeline makes the pipeline
+ask `SCRIPT EXISTS` first, one more round trip on every flush; here a script is loaded only
+when Redis answers NOSCRIPT (a restarted or flushed Redis), and those calls are sent again.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
+from redis.exceptions import NoScriptError
+
+log = logging.getLogger("lendcore.redis_batch")
 
 PIPELINE_CALLS_MAX = 2000  # calls per pipeline; the rest go in the next one
+
+_Call = tuple[AsyncScript, list[Any], list[Any], asyncio.Future[Any]]
 
 
 class ScriptBatcher:
     def __init__(self, client: aioredis.Redis) -> None:
         self._client = client
-        self._pending: list[tuple[AsyncScript, list[Any], list[Any], asyncio.Future[Any]]] = []
+        self._pending: list[_Call] = []
         self._flushing = False
 
     async def run(self, script: AsyncScript, keys: list[Any], args: list[Any]) -> Any:
@@ -44,18 +54,23 @@ class ScriptBatcher:
         finally:
             self._flushing = False
 
-    async def _send(
-        self, calls: list[tuple[AsyncScript, list[Any], list[Any], asyncio.Future[Any]]]
-    ) -> None:
+    async def _send(self, calls: list[_Call]) -> None:
         try:
-            async with self._client.pipeline(transaction=False) as pipe:
-                for script, keys, args, _ in calls:
-                    await script(keys=keys, args=args, client=pipe)
-                results = await pipe.execute(raise_on_error=False)
+            results = await self._execute(calls)
+            missing = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
+            if missing:
+                # Redis lost its script cache (restart, SCRIPT FLUSH): nothing of these ran.
+                for script in {id(calls[i][0]): calls[i][0] for i in missing}.values():
+                    script.sha = await self._client.script_load(script.script)
+                retried = await self._execute([calls[i] for i in missing])
+                for i, result in zip(missing, retried, strict=True):
+                    results[i] = result
         except (aioredis.RedisError, OSError) as exc:
-            for *_, future in calls:
-                if not future.done():
-                    future.set_exception(exc)
+            _fail(calls, exc)
+            return
+        except Exception as exc:  # a bug: its callers get the error, never a hang
+            log.exception("Redis pipeline of %d calls failed", len(calls))
+            _fail(calls, exc)
             return
         for (*_, future), result in zip(calls, results, strict=True):
             if future.done():
@@ -64,3 +79,15 @@ class ScriptBatcher:
                 future.set_exception(result)
             else:
                 future.set_result(result)
+
+    async def _execute(self, calls: list[_Call]) -> list[Any]:
+        async with self._client.pipeline(transaction=False) as pipe:
+            for script, keys, args, _ in calls:
+                pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
+            return list(await pipe.execute(raise_on_error=False))
+
+
+def _fail(calls: list[_Call], exc: BaseException) -> None:
+    for *_, future in calls:
+        if not future.done():
+            future.set_exception(exc)

@@ -1,0 +1,95 @@
+"""The Redis script batcher: one pipeline per tick, plain EVALSHA, NOSCRIPT recovered."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Awaitable
+from typing import TypeVar
+
+import pytest
+import pytest_asyncio
+import redis.asyncio
+from conftest_redis import REDIS_URL, redis_prefix  # noqa: F401
+from redis.exceptions import ResponseError
+
+from gateway.redis_batch import ScriptBatcher
+
+T = TypeVar("T")
+
+
+@pytest_asyncio.fixture
+async def client() -> AsyncIterator[redis.asyncio.Redis]:
+    connection = redis.asyncio.Redis.from_url(REDIS_URL, decode_responses=False)
+    yield connection
+    await connection.aclose()
+
+
+ANSWER_WITHIN_S = 5.0
+
+
+async def within(calls: Awaitable[T]) -> T:
+    """A batcher that lost a call would leave it waiting for ever: fail instead."""
+    return await asyncio.wait_for(calls, ANSWER_WITHIN_S)
+
+
+class CommandCounter:
+    """Counts the commands the client sends, by name (pipelines and single calls alike)."""
+
+    def __init__(self, client: redis.asyncio.Redis) -> None:
+        self.names: list[str] = []
+        pipeline = client.pipeline
+
+        def counting_pipeline(*args: object, **kwargs: object) -> redis.asyncio.client.Pipeline:
+            pipe = pipeline(*args, **kwargs)  # type: ignore[arg-type]
+            execute = pipe.execute
+
+            async def counted(*a: object, **k: object) -> list[object]:
+                self.names.extend(str(c[0][0]) for c in pipe.command_stack)
+                return await execute(*a, **k)  # type: ignore[arg-type]
+
+            pipe.execute = counted  # type: ignore[method-assign]
+            pipe.load_scripts = self._forbidden  # type: ignore[method-assign]
+            return pipe
+
+        client.pipeline = counting_pipeline  # type: ignore[method-assign]
+
+    async def _forbidden(self) -> None:
+        raise AssertionError("the batcher must not ask SCRIPT EXISTS on every pipeline")
+
+
+@pytest.mark.asyncio
+async def test_a_script_redis_never_saw_is_loaded_once_and_every_call_answered(
+    client: redis.asyncio.Redis, redis_prefix: str,  # noqa: F811
+) -> None:
+    # A script body of its own (a fresh comment): Redis has not cached its sha, so the
+    # first pipeline meets NOSCRIPT, as after a Redis restart or SCRIPT FLUSH.
+    script = client.register_script(
+        f"-- {uuid.uuid4().hex}\nreturn redis.call('INCR', KEYS[1])")
+    counter = CommandCounter(client)
+    batcher = ScriptBatcher(client)
+    key = f"{redis_prefix}n"
+    results = await within(asyncio.gather(*(batcher.run(script, [key], []) for _ in range(10))))
+    assert sorted(results) == list(range(1, 11))  # each ran exactly once
+    # first pipeline: 10 EVALSHA, all NOSCRIPT; then the same 10 again after SCRIPT LOAD
+    assert counter.names == ["EVALSHA"] * 20
+    results = await within(asyncio.gather(*(batcher.run(script, [key], []) for _ in range(3))))
+    assert sorted(results) == [11, 12, 13]
+    assert counter.names == ["EVALSHA"] * 23  # loaded now: no second try
+
+
+@pytest.mark.asyncio
+async def test_a_failing_call_fails_alone(
+    client: redis.asyncio.Redis, redis_prefix: str,  # noqa: F811
+) -> None:
+    good = client.register_script("return redis.call('INCR', KEYS[1])")
+    bad = client.register_script("return redis.call('HGET', KEYS[1], 'x')")  # a WRONGTYPE
+    batcher = ScriptBatcher(client)
+    counter_key, string_key = f"{redis_prefix}c", f"{redis_prefix}s"
+    await client.set(string_key, "a string")
+    results = await within(asyncio.gather(
+        batcher.run(good, [counter_key], []), batcher.run(bad, [string_key], []),
+        batcher.run(good, [counter_key], []), return_exceptions=True,
+    ))
+    assert sorted(r for r in results if isinstance(r, int)) == [1, 2]
+    assert isinstance(results[1], ResponseError) and "WRONGTYPE" in str(results[1])
