@@ -3,8 +3,9 @@
 No Ray here, so the core can run in a plain event loop (tests, simulation). The rules:
 - one batch at a time per shard, in arrival order, at most `batch_max` commands;
 - the batch is applied to copies (lending.shard_state) and committed in ONE statement (one
-  transaction) whose first part is the lease fence (storage.shard_store); only after it
-  has committed is memory updated and are the replies released;
+  transaction) whose first part is the lease fence (storage.shard_store), together with the
+  ready batches of the host's other shards (storage.group_commit); only after it has
+  committed is memory updated and are the replies released;
 - a storage failure replies `shard_unavailable` (the gateway retries with the same
   idempotency key; dedupe happens inside the commit) and, since the commit outcome may be
   unknown, the shard rebuilds its memory from Postgres before the next batch;
@@ -25,6 +26,7 @@ import asyncpg
 from actors.heap import is_bulk, release_free_memory
 from lending.commands import WRITE_COMMANDS, Command, Reply, error_reply, is_write
 from lending.shard_state import ApplyContext, Prefetched, ShardState, apply_batch, wanted_refs
+from storage.group_commit import GroupCommitter
 from storage.shard_store import LeaseLost, ShardStore
 
 log = logging.getLogger("lendcore.shard")
@@ -49,21 +51,20 @@ class ShardCore:
         self,
         shard_id: int,
         store: ShardStore,
+        committer: GroupCommitter,
         context: Callable[[], ApplyContext],
         inbox_max: int,
         batch_max: int,
     ) -> None:
         self.shard_id = shard_id
         self.store = store
+        self.committer = committer
         self.context = context
         self.inbox_max = inbox_max
         self.batch_max = batch_max
         self.status = INACTIVE
         self.epoch = 0
         self.state: ShardState | None = None
-        # A connection of its own while serving: a pool checkout per statement cost ~90 us
-        # of CPU, twice per batch. The host's pool is sized to its shards.
-        self._conn: asyncpg.Connection | None = None
         self._inbox: deque[tuple[Command, asyncio.Future[Reply]]] = deque()
         self._wake = asyncio.Event()
         self._batch_done = asyncio.Event()  # clear while a batch is applied and committed
@@ -79,7 +80,6 @@ class ShardCore:
         self.epoch, next_seq = await self.store.acquire_lease(self.shard_id)
         self.state = await self.store.load(self.shard_id, next_seq)
         release_free_memory()  # what decoding the rows used
-        self._conn = await self.store.pool.acquire()
         self.status = SERVING
         self._loop_task = asyncio.create_task(self._run(), name=f"shard-{self.shard_id}")
         log.info("shard %s serving at epoch %s", self.shard_id, self.epoch)
@@ -112,9 +112,6 @@ class ShardCore:
         if self._loop_task is not None:
             self._loop_task.cancel()
             await asyncio.gather(self._loop_task, return_exceptions=True)
-        if self._conn is not None:
-            await self.store.pool.release(self._conn)
-            self._conn = None
 
     async def _run(self) -> None:
         while self.status != LOST:
@@ -132,7 +129,6 @@ class ShardCore:
             finally:
                 self._batch_done.set()
         self._fail_queued(f"shard {self.shard_id} moved to another owner")
-        await self._drop_connection()
 
     async def _process(self, batch: list[tuple[Command, asyncio.Future[Reply]]]) -> None:
         commands = [command for command, _ in batch]
@@ -186,39 +182,36 @@ class ShardCore:
         if not any(is_write(c) for c in commands):
             replies, _ = apply_batch(state, commands, Prefetched(), ctx)
             return replies
-        conn = self._conn
-        assert conn is not None
         # Optimistic first: assume no key or reference of the batch was used before, which
         # is the normal case, and commit in one round trip. If one was, the commit statement
         # hits a unique index and writes nothing; the batch is then redone with the durable
         # facts prefetched (a replay answers its stored response, a reused reference 409s).
         replies, diff = apply_batch(state, commands, Prefetched(), ctx)
         try:
-            await self.store.commit(conn, self.shard_id, self.epoch, diff)
+            await self.committer.commit(self.shard_id, self.epoch, diff)
         except asyncpg.UniqueViolationError:
             self.stats["prefetched_batches"] += 1
             idem_keys = [
                 (c.partner_id, c.idem_key) for c in commands if isinstance(c, WRITE_COMMANDS)
             ]
             refs = [ref for c in commands if (ref := wanted_refs(c)) is not None]
-            prefetched = await self.store.prefetch(conn, self.shard_id, idem_keys, refs)
+            async with self.store.pool.acquire() as conn:
+                prefetched = await self.store.prefetch(conn, self.shard_id, idem_keys, refs)
             replies, diff = apply_batch(state, commands, prefetched, ctx)
             if not diff.is_empty():
                 # A unique violation here is a race with another shard for a reference:
                 # a storage error for this batch, retried by the gateway, then a 409.
-                await self.store.commit(conn, self.shard_id, self.epoch, diff)
+                await self.committer.commit(self.shard_id, self.epoch, diff)
         state.commit(diff)  # only after COMMIT: a failed commit leaves memory as it was
         return replies
 
     async def _reload(self) -> None:
         """After an unknown commit outcome, Postgres is the truth: rebuild from it."""
-        await self._drop_connection()  # it may be the broken part
         for delay in RELOAD_BACKOFF_S:
             try:
                 next_seq = await self._stored_next_seq()
                 self.state = await self.store.load(self.shard_id, next_seq)
                 release_free_memory()
-                self._conn = await self.store.pool.acquire()
             except LeaseLost as lost:
                 log.warning("%s", lost)
                 return
@@ -231,13 +224,6 @@ class ShardCore:
             return
         # Still failing: answer what is queued, stay RELOADING and try again on the next batch.
         self._fail_queued("storage unavailable, retry")
-
-    async def _drop_connection(self) -> None:
-        if self._conn is not None:
-            conn, self._conn = self._conn, None
-            # terminate rather than release: after an unknown failure it is not to be reused
-            conn.terminate()
-            await self.store.pool.release(conn)
 
     async def _stored_next_seq(self) -> int:
         value = await self.store.pool.fetchval(

@@ -33,6 +33,7 @@ from lending.riskbook import RiskBookReloader
 from lending.shard_state import ApplyContext
 from storage import cluster_store
 from storage.db import create_pool
+from storage.group_commit import GroupCommitter
 from storage.shard_store import ShardStore
 
 log = logging.getLogger("lendcore.host")
@@ -49,6 +50,7 @@ class HostConfig(msgspec.Struct, frozen=True):
     pool_size: int
     inbox_max: int
     batch_max: int
+    commits_in_flight_max: int
     lease_claim_ttl_ms: int
     policy: RiskPolicy
     servicing: ServicingPolicy
@@ -69,6 +71,7 @@ class ShardHostCore:
         self._redis: aioredis.Redis | None = None
         self._context: ApplyContext | None = None
         self._risk: RiskBookReloader | None = None
+        self._committer: GroupCommitter | None = None
 
     async def ensure_started(self) -> None:
         if self._start_task is None:
@@ -89,9 +92,10 @@ class ShardHostCore:
         )
         chart = load_chart(Path(cfg.chart_file))
         store = ShardStore(self._pool, self.owner, chart.role_codes())
+        self._committer = GroupCommitter(store, cfg.commits_in_flight_max)
         for shard_id in cfg.shard_ids:
             self.shards[shard_id] = ShardCore(
-                shard_id, store, self.context, cfg.inbox_max, cfg.batch_max
+                shard_id, store, self._committer, self.context, cfg.inbox_max, cfg.batch_max
             )
         await asyncio.gather(*(self._activate(core) for core in self.shards.values()))
 
@@ -104,12 +108,18 @@ class ShardHostCore:
         self._start_task = None
         shards, self.shards = self.shards, {}
         await asyncio.gather(*(core.stop() for core in shards.values()))
+        await self._close_committer()
         if self._pool is not None:
             self._pool.terminate()  # close() would wait for connections a bug may still hold
             self._pool = None
         if self._redis is not None:
             await self._redis.aclose()
             self._redis = None
+
+    async def _close_committer(self) -> None:
+        if self._committer is not None:
+            committer, self._committer = self._committer, None
+            await committer.close()
 
     def context(self) -> ApplyContext:
         assert self._context is not None
@@ -197,6 +207,7 @@ class ShardHostCore:
             "owner": self.owner,
             "pid": os.getpid(),
             "started_at": self.started_at,
+            "group_commit": {} if self._committer is None else dict(self._committer.stats),
             "shards": {
                 str(shard_id): {
                     "status": core.status,
@@ -211,6 +222,7 @@ class ShardHostCore:
 
     async def stop(self) -> None:
         await asyncio.gather(*(core.stop() for core in self.shards.values()))
+        await self._close_committer()
         if self._pool is not None:
             await self._pool.close()
         if self._redis is not None:

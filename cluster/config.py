@@ -55,6 +55,7 @@ class ClusterSettings(msgspec.Struct, forbid_unknown_fields=True):
 class ShardSettings(msgspec.Struct, forbid_unknown_fields=True):
     inbox_max: int = 20000
     batch_max: int = 1000
+    commits_in_flight_max: int = 2
     lease_claim_ttl_ms: int = 5000
 
 
@@ -304,9 +305,11 @@ def _validate(settings: Settings) -> None:
         raise ConfigError("cluster.logical_shards must be in 1..4096")
     if not 1 <= cluster.shard_hosts <= cluster.logical_shards:
         raise ConfigError("cluster.shard_hosts must be in 1..logical_shards")
+    if not 1 <= settings.shard.commits_in_flight_max <= 16:
+        raise ConfigError("shard.commits_in_flight_max must be in 1..16")
     shards_per_host = -(-cluster.logical_shards // cluster.shard_hosts)
     if settings.storage.pool_size_per_host < shards_per_host + 1:
-        # each serving shard holds a connection; one more for loads and lease checks
+        # end of day commits every shard's chunk at once, each on a connection of its own
         raise ConfigError(
             f"storage.pool_size_per_host must be at least {shards_per_host + 1} "
             f"(shards per host + 1)"

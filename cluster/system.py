@@ -142,6 +142,7 @@ class System:
             pool_size=s.storage.pool_size_per_host,
             inbox_max=s.shard.inbox_max,
             batch_max=s.shard.batch_max,
+            commits_in_flight_max=s.shard.commits_in_flight_max,
             lease_claim_ttl_ms=s.shard.lease_claim_ttl_ms,
             policy=risk_policy(s),
             servicing=s.servicing,

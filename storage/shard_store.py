@@ -23,7 +23,7 @@ by COPY instead, after the statement in the same transaction (ShardStore.commit)
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, NamedTuple
 
 import asyncpg
 import msgspec
@@ -45,6 +45,10 @@ from lending.shard_state import (
 
 class LeaseLost(Exception):
     """A newer owner took the shard (higher epoch): this owner must stop serving it."""
+
+
+class GroupNotFenced(Exception):
+    """A group commit wrote nothing: some shard of the group has a newer owner."""
 
 
 _ENCODER = msgspec.msgpack.Encoder()
@@ -73,13 +77,15 @@ WHERE (partner_id, kind, ref) IN (SELECT * FROM unnest($4::text[], $5::text[], $
 _COMMIT = """
 WITH
 fence AS (
-  UPDATE shard_lease SET renewed_at = now(), next_seq = $2
-  WHERE shard_id = $1 AND epoch = $3
+  -- every shard of the group, each at the epoch its owner holds
+  UPDATE shard_lease AS s SET renewed_at = now(), next_seq = f.next_seq
+  FROM unnest($1::int4[], $2::int8[], $3::int8[]) AS f(shard_id, next_seq, epoch)
+  WHERE s.shard_id = f.shard_id AND s.epoch = f.epoch
   RETURNING 1
 ),
 c AS (
   INSERT INTO customers (shard_id, customer_id, id_hash, state)
-  SELECT $1, r->>0, r->>1, decode(r->>2, 'base64')
+  SELECT (r->>0)::int4, r->>1, r->>2, decode(r->>3, 'base64')
   FROM jsonb_array_elements($4::jsonb) AS r
   WHERE EXISTS (SELECT FROM fence)
   ON CONFLICT (shard_id, customer_id) DO UPDATE SET state = EXCLUDED.state
@@ -87,8 +93,8 @@ c AS (
 a AS (
   INSERT INTO applications (shard_id, application_id, partner_id, partner_application_id,
                             customer_id, status, created_on, state, trace)
-  SELECT $1, r->>0, r->>1, r->>2, r->>3, r->>4, (r->>5)::date, decode(r->>6, 'base64'),
-         decode(r->>7, 'base64')
+  SELECT (r->>0)::int4, r->>1, r->>2, r->>3, r->>4, r->>5, (r->>6)::date, decode(r->>7, 'base64'),
+         decode(r->>8, 'base64')
   FROM jsonb_array_elements($5::jsonb) AS r
   WHERE EXISTS (SELECT FROM fence)
   ON CONFLICT (shard_id, application_id)
@@ -99,7 +105,7 @@ l AS (
   -- loans the batch booked; the states come as a bytea[] beside the rows, in their order
   INSERT INTO loans (shard_id, loan_id, customer_id, partner_id, status,
                      principal_outstanding, version, state)
-  SELECT $1, r->>0, r->>1, r->>2, r->>3, (r->>4)::int8, (r->>5)::int4, s.state
+  SELECT (r->>0)::int4, r->>1, r->>2, r->>3, r->>4, (r->>5)::int8, (r->>6)::int4, s.state
   FROM jsonb_array_elements($6::jsonb) WITH ORDINALITY AS t(r, n)
   JOIN unnest($19::bytea[]) WITH ORDINALITY AS s(state, n) USING (n)
   WHERE EXISTS (SELECT FROM fence)
@@ -110,30 +116,30 @@ lu AS (
   -- parsed its columns out of JSON
   UPDATE loans AS o SET status = u.status, principal_outstanding = u.outstanding,
     version = u.version, state = u.state
-  FROM unnest($21::text[], $22::text[], $23::int8[], $24::int4[], $25::bytea[])
-    AS u(loan_id, status, outstanding, version, state)
-  WHERE o.shard_id = $1 AND o.loan_id = u.loan_id AND EXISTS (SELECT FROM fence)
+  FROM unnest($27::int4[], $21::text[], $22::text[], $23::int8[], $24::int4[], $25::bytea[])
+    AS u(shard_id, loan_id, status, outstanding, version, state)
+  WHERE o.shard_id = u.shard_id AND o.loan_id = u.loan_id AND EXISTS (SELECT FROM fence)
   RETURNING 1
 ),
 p AS (
   INSERT INTO repayments (shard_id, repayment_id, loan_id, partner_id, external_ref, kind,
                           amount, value_date, penalty, fee, interest, principal)
-  SELECT $1, r->>0, r->>1, r->>2, r->>3, r->>4, (r->>5)::int8, (r->>6)::date,
-         (r->>7)::int8, (r->>8)::int8, (r->>9)::int8, (r->>10)::int8
+  SELECT (r->>0)::int4, r->>1, r->>2, r->>3, r->>4, r->>5, (r->>6)::int8, (r->>7)::date,
+         (r->>8)::int8, (r->>9)::int8, (r->>10)::int8, (r->>11)::int8
   FROM jsonb_array_elements($7::jsonb) AS r
   WHERE EXISTS (SELECT FROM fence)
 ),
 j AS (
   INSERT INTO journal_lines (shard_id, entry_id, line_no, business_date, book, loan_id, cause,
                              kind, account, debit, credit)
-  SELECT $1, r->>0, (r->>1)::int2, (r->>2)::date, r->>3, r->>4, r->>5, r->>6, r->>7,
-         (r->>8)::int8, (r->>9)::int8
+  SELECT (r->>0)::int4, r->>1, (r->>2)::int2, (r->>3)::date, r->>4, r->>5, r->>6, r->>7, r->>8,
+         (r->>9)::int8, (r->>10)::int8
   FROM jsonb_array_elements($8::jsonb) AS r
   WHERE EXISTS (SELECT FROM fence)
 ),
 b AS (
   INSERT INTO account_balances (shard_id, book, account, debit, credit)
-  SELECT $1, r->>0, r->>1, (r->>2)::int8, (r->>3)::int8
+  SELECT (r->>0)::int4, r->>1, r->>2, (r->>3)::int8, (r->>4)::int8
   FROM jsonb_array_elements($9::jsonb) AS r
   WHERE EXISTS (SELECT FROM fence)
   ON CONFLICT (shard_id, book, account) DO UPDATE
@@ -143,7 +149,7 @@ b AS (
 gm AS (
   -- the day's movements per account, for the daily GL summary (migration 0011)
   INSERT INTO gl_daily_movements (shard_id, business_date, book, account, debit, credit)
-  SELECT $1, (r->>0)::date, r->>1, r->>2, (r->>3)::int8, (r->>4)::int8
+  SELECT (r->>0)::int4, (r->>1)::date, r->>2, r->>3, (r->>4)::int8, (r->>5)::int8
   FROM jsonb_array_elements($20::jsonb) AS r
   WHERE EXISTS (SELECT FROM fence)
   ON CONFLICT (shard_id, business_date, book, account) DO UPDATE
@@ -152,7 +158,7 @@ gm AS (
 ),
 i AS (
   INSERT INTO idempotency (shard_id, partner_id, idem_key, request_hash, status, body)
-  SELECT $1, r->>0, r->>1, r->>2, (r->>3)::int2, decode(r->>4, 'base64')
+  SELECT (r->>0)::int4, r->>1, r->>2, r->>3, (r->>4)::int2, decode(r->>5, 'base64')
   FROM jsonb_array_elements($10::jsonb) AS r
   WHERE EXISTS (SELECT FROM fence)
 ),
@@ -160,13 +166,13 @@ x AS (
   -- no ON CONFLICT (nor on idempotency): a key or reference already used fails the whole
   -- statement; the shard then prefetches what is used and applies the batch again (409).
   INSERT INTO partner_refs (shard_id, partner_id, kind, ref, object_id)
-  SELECT $1, r->>0, r->>1, r->>2, r->>3
+  SELECT (r->>0)::int4, r->>1, r->>2, r->>3, r->>4
   FROM jsonb_array_elements($11::jsonb) AS r
   WHERE EXISTS (SELECT FROM fence)
 ),
 v AS (
   INSERT INTO application_reviews (shard_id, application_id, state)
-  SELECT $1, r->>0, r->1
+  SELECT (r->>0)::int4, r->>1, r->2
   FROM jsonb_array_elements($12::jsonb) AS r
   WHERE EXISTS (SELECT FROM fence)
   ON CONFLICT (shard_id, application_id) DO UPDATE SET state = EXCLUDED.state
@@ -174,7 +180,8 @@ v AS (
 u AS (
   -- operator decisions are audited in the commit of the change they make
   INSERT INTO audit_log (shard_id, actor, action, target, before, after)
-  SELECT $1, r->>0, r->>1, r->>2, NULLIF(r->3, 'null'::jsonb), NULLIF(r->4, 'null'::jsonb)
+  SELECT (r->>0)::int4, r->>1, r->>2, r->>3, NULLIF(r->4, 'null'::jsonb),
+         NULLIF(r->5, 'null'::jsonb)
   FROM jsonb_array_elements($13::jsonb) AS r
   WHERE EXISTS (SELECT FROM fence)
 ),
@@ -185,12 +192,12 @@ e AS (
     buckets, classifications, finished_at, guarantee_triggers, cases_opened, cases_closed,
     cases_escalated, promises_kept, promises_broken, reminders, reminders_suppressed,
     withholdings, withholding_amount)
-  SELECT $1, (r->>0)::date, (r->>1)::int8, (r->>2)::int8, (r->>3)::int8, (r->>4)::int8,
-         (r->>5)::int8, (r->>6)::int8, (r->>7)::int4, (r->>8)::int8,
-         NULLIF(r->9, 'null'::jsonb), NULLIF(r->10, 'null'::jsonb),
-         CASE WHEN (r->>11)::boolean THEN now() END,
-         (r->>12)::int8, (r->>13)::int8, (r->>14)::int8, (r->>15)::int8, (r->>16)::int8,
-         (r->>17)::int8, (r->>18)::int8, (r->>19)::int8, (r->>20)::int8, (r->>21)::int8
+  SELECT (r->>0)::int4, (r->>1)::date, (r->>2)::int8, (r->>3)::int8, (r->>4)::int8, (r->>5)::int8,
+         (r->>6)::int8, (r->>7)::int8, (r->>8)::int4, (r->>9)::int8,
+         NULLIF(r->10, 'null'::jsonb), NULLIF(r->11, 'null'::jsonb),
+         CASE WHEN (r->>12)::boolean THEN now() END,
+         (r->>13)::int8, (r->>14)::int8, (r->>15)::int8, (r->>16)::int8, (r->>17)::int8,
+         (r->>18)::int8, (r->>19)::int8, (r->>20)::int8, (r->>21)::int8, (r->>22)::int8
   FROM jsonb_array_elements($14::jsonb) AS r
   WHERE EXISTS (SELECT FROM fence)
   ON CONFLICT (shard_id, business_date) DO UPDATE SET
@@ -219,8 +226,9 @@ e AS (
 cc AS (
   INSERT INTO collection_cases (shard_id, case_id, loan_id, status, bucket, dpd, assignee,
                                 follow_up_on, opened_on, state)
-  SELECT $1, r->>0, r->>1, r->>2, r->>3, (r->>4)::int4, r->>5, (r->>6)::date, (r->>7)::date,
-         r->8
+  SELECT (r->>0)::int4, r->>1, r->>2, r->>3, r->>4, (r->>5)::int4, r->>6, (r->>7)::date,
+         (r->>8)::date,
+         r->9
   FROM jsonb_array_elements($15::jsonb) AS r
   WHERE EXISTS (SELECT FROM fence)
   ON CONFLICT (shard_id, case_id) DO UPDATE SET status = EXCLUDED.status,
@@ -229,7 +237,7 @@ cc AS (
 ),
 ce AS (
   INSERT INTO collection_events (shard_id, case_id, business_date, kind, actor, detail)
-  SELECT $1, r->>0, (r->>1)::date, r->>2, r->>3, r->4
+  SELECT (r->>0)::int4, r->>1, (r->>2)::date, r->>3, r->>4, r->5
   FROM jsonb_array_elements($16::jsonb) WITH ORDINALITY AS t(r, n)
   WHERE EXISTS (SELECT FROM fence)
   ORDER BY n  -- event_id keeps the order the shard wrote them in
@@ -237,19 +245,20 @@ ce AS (
 ct AS (
   INSERT INTO contact_log (shard_id, customer_id, contact_on, channel, actor, case_id,
                            request_id)
-  SELECT $1, r->>0, (r->>1)::date, r->>2, r->>3, r->>4, r->>5
+  SELECT (r->>0)::int4, r->>1, (r->>2)::date, r->>3, r->>4, r->>5, r->>6
   FROM jsonb_array_elements($17::jsonb) AS r
   WHERE EXISTS (SELECT FROM fence)
 ),
 cr AS (
   INSERT INTO connector_requests (shard_id, request_id, kind, created_on, send_on, loan_id,
                                   customer_id, partner_id, amount, template, case_id)
-  SELECT $1, r->>0, r->>1, (r->>2)::date, (r->>3)::date, r->>4, r->>5, r->>6,
-         (r->>7)::int8, r->>8, r->>9
+  SELECT (r->>0)::int4, r->>1, r->>2, (r->>3)::date, (r->>4)::date, r->>5, r->>6, r->>7,
+         (r->>8)::int8, r->>9, r->>10
   FROM jsonb_array_elements($18::jsonb) AS r
   WHERE EXISTS (SELECT FROM fence)
 )
-SELECT lendcore_check_commit((SELECT count(*) FROM fence), (SELECT count(*) FROM lu), $26)
+SELECT lendcore_check_group_commit((SELECT count(*) FROM fence), cardinality($1::int4[]),
+                                   (SELECT count(*) FROM lu), $26)
 """
 
 _JSON = msgspec.json.Encoder()
@@ -273,75 +282,120 @@ def journal_rows(shard_id: int, diff: Diff, codes: dict[str, str]) -> list[tuple
     ]
 
 
-def _commit_args(
-    shard_id: int, epoch: int, diff: Diff, codes: dict[str, str], lines_by_copy: bool = False
-) -> list[Any]:
-    """Positional parameters of _COMMIT; `codes` maps account roles to chart codes. With
-    `lines_by_copy` the statement writes no journal line (the caller COPYs them)."""
-    customers = [(c.customer_id, c.id_hash, _ENCODER.encode(c)) for c in diff.customers.values()]
-    applications = [
-        (a.application_id, a.partner_id, a.partner_application_id, a.customer_id, a.status,
-         a.created_on, _ENCODER.encode(without_trace(a)),
+class ShardCommit(NamedTuple):
+    """One shard's part of a commit: its batch's diff, fenced at the epoch it holds."""
+
+    shard_id: int
+    epoch: int
+    diff: Diff
+
+
+class _Params:
+    """The rows of _COMMIT's parameters, gathered shard after shard; every row starts with
+    its shard id."""
+
+    def __init__(self) -> None:
+        self.fence: list[tuple[int, int, int]] = []
+        self.tables: dict[str, list[tuple[Any, ...]]] = {name: [] for name in _TABLES}
+        self.booked_states: list[bytes] = []
+        self.stored: list[tuple[int, str, str, int, int, bytes]] = []
+
+
+# The tables whose rows go to _COMMIT as jsonb parameters.
+_TABLES = ("customers", "applications", "loans", "repayments", "lines", "balances",
+           "idempotency", "refs", "reviews", "audit", "eod", "cases", "events", "contacts",
+           "requests", "movements")
+
+
+def _add_shard(
+    params: _Params, part: ShardCommit, codes: dict[str, str], lines_by_copy: bool
+) -> None:
+    shard_id, diff = part.shard_id, part.diff
+    params.fence.append((shard_id, diff.next_seq, part.epoch))
+    t = params.tables
+    t["customers"] += [(shard_id, c.customer_id, c.id_hash, _ENCODER.encode(c))
+                       for c in diff.customers.values()]
+    t["applications"] += [
+        (shard_id, a.application_id, a.partner_id, a.partner_application_id, a.customer_id,
+         a.status, a.created_on, _ENCODER.encode(without_trace(a)),
          None if a.trace is None else _ENCODER.encode(a.trace))
         for a in diff.applications.values()
     ]
-    booked = [n for n in diff.loans.values() if n.loan_id in diff.booked]
-    stored = [n for n in diff.loans.values() if n.loan_id not in diff.booked]
     frozen = diff.frozen_loans()
-    loans = [
-        (n.loan_id, n.customer_id, n.partner_id, n.status, n.outstanding_principal(),
-         n.version)
-        for n in booked
-    ]
-    loan_states = [encode_loan_row(frozen[n.loan_id]) for n in booked]
-    repayments = [
-        (r.repayment_id, r.loan_id, r.partner_id, r.external_ref, r.kind, r.amount,
+    for n in diff.loans.values():
+        if n.loan_id in diff.booked:
+            t["loans"].append((shard_id, n.loan_id, n.customer_id, n.partner_id, n.status,
+                               n.outstanding_principal(), n.version))
+            params.booked_states.append(encode_loan_row(frozen[n.loan_id]))
+        else:
+            params.stored.append((shard_id, n.loan_id, n.status, n.outstanding_principal(),
+                                  n.version, encode_loan_row(frozen[n.loan_id])))
+    t["repayments"] += [
+        (shard_id, r.repayment_id, r.loan_id, r.partner_id, r.external_ref, r.kind, r.amount,
          r.value_date, r.penalty, r.fee, r.interest, r.principal)
         for r in diff.repayments
     ]
-    lines = [] if lines_by_copy else [row[1:] for row in journal_rows(shard_id, diff, codes)]
+    if not lines_by_copy:
+        t["lines"] += journal_rows(shard_id, diff, codes)
     daily = ledger.daily_deltas(diff.entries)  # one pass over the lines for both tables
-    movements = [(day, book, codes[role], d, c) for (day, book, role), (d, c) in daily.items()]
-    balances = [
-        (book, codes[role], d, c) for (book, role), (d, c) in ledger.balances_of(daily).items()
-    ]
-    idempotency = [
-        (k.partner_id, k.idem_key, k.request_hash, k.status, k.body)
+    t["movements"] += [(shard_id, day, book, codes[role], d, c)
+                       for (day, book, role), (d, c) in daily.items()]
+    t["balances"] += [(shard_id, book, codes[role], d, c)
+                      for (book, role), (d, c) in ledger.balances_of(daily).items()]
+    t["idempotency"] += [
+        (shard_id, k.partner_id, k.idem_key, k.request_hash, k.status, k.body)
         for k in diff.idempotency.values()
     ]
-    reviews = [(v.application_id, v) for v in diff.reviews.values()]
-    audit = [(u.actor, u.action, u.target, u.before, u.after) for u in diff.audit]
+    t["refs"] += [(shard_id, *ref) for ref in diff.partner_refs]
+    t["reviews"] += [(shard_id, v.application_id, v) for v in diff.reviews.values()]
+    t["audit"] += [(shard_id, u.actor, u.action, u.target, u.before, u.after)
+                   for u in diff.audit]
     g = diff.eod
-    eod = [] if g is None else [(
-        g.business_date, g.processed, g.accrued_interest, g.accrued_penalty, g.became_overdue,
-        g.non_accrual_started, g.written_off, g.chunks, g.remaining, g.buckets,
-        g.classifications, g.finished, g.guarantee_triggers, g.cases_opened, g.cases_closed,
-        g.cases_escalated, g.promises_kept, g.promises_broken, g.reminders,
-        g.reminders_suppressed, g.withholdings, g.withholding_amount,
-    )]
-    cases = [
-        (c.case_id, c.loan_id, c.status, c.bucket, c.dpd, c.assignee, c.follow_up_on,
-         c.opened_on, c)
+    if g is not None:
+        t["eod"].append((
+            shard_id, g.business_date, g.processed, g.accrued_interest, g.accrued_penalty,
+            g.became_overdue, g.non_accrual_started, g.written_off, g.chunks, g.remaining,
+            g.buckets, g.classifications, g.finished, g.guarantee_triggers, g.cases_opened,
+            g.cases_closed, g.cases_escalated, g.promises_kept, g.promises_broken,
+            g.reminders, g.reminders_suppressed, g.withholdings, g.withholding_amount,
+        ))
+    t["cases"] += [
+        (shard_id, c.case_id, c.loan_id, c.status, c.bucket, c.dpd, c.assignee,
+         c.follow_up_on, c.opened_on, c)
         for c in diff.cases.values()
     ]
-    events = [(e.case_id, e.business_date, e.kind, e.actor, e.detail) for e in diff.case_events]
-    contacts = [
-        (t.customer_id, t.contact_on, t.channel, t.actor, t.case_id, t.request_id)
-        for t in diff.contacts
+    t["events"] += [(shard_id, e.case_id, e.business_date, e.kind, e.actor, e.detail)
+                    for e in diff.case_events]
+    t["contacts"] += [
+        (shard_id, c.customer_id, c.contact_on, c.channel, c.actor, c.case_id, c.request_id)
+        for c in diff.contacts
     ]
-    requests = [
-        (q.request_id, q.kind, q.created_on, q.send_on, q.loan_id, q.customer_id,
+    t["requests"] += [
+        (shard_id, q.request_id, q.kind, q.created_on, q.send_on, q.loan_id, q.customer_id,
          q.partner_id, q.amount, q.template, q.case_id)
         for q in diff.requests
     ]
+
+
+def _commit_args(
+    parts: list[ShardCommit], codes: dict[str, str], lines_by_copy: bool = False
+) -> list[Any]:
+    """Positional parameters of _COMMIT for the batches of one or more shards; `codes` maps
+    account roles to chart codes. With `lines_by_copy` the statement writes no journal line
+    (the caller COPYs them)."""
+    params = _Params()
+    for part in parts:
+        _add_shard(params, part, codes, lines_by_copy)
+    t = {name: _rows(rows) for name, rows in params.tables.items()}
+    fence, stored = params.fence, params.stored
     return [
-        shard_id, diff.next_seq, epoch, _rows(customers), _rows(applications), _rows(loans),
-        _rows(repayments), _rows(lines), _rows(balances), _rows(idempotency),
-        _rows(diff.partner_refs), _rows(reviews), _rows(audit), _rows(eod), _rows(cases),
-        _rows(events), _rows(contacts), _rows(requests), loan_states, _rows(movements),
-        [n.loan_id for n in stored], [n.status for n in stored],
-        [n.outstanding_principal() for n in stored], [n.version for n in stored],
-        [encode_loan_row(frozen[n.loan_id]) for n in stored], len(stored),
+        [f[0] for f in fence], [f[1] for f in fence], [f[2] for f in fence],
+        t["customers"], t["applications"], t["loans"], t["repayments"], t["lines"],
+        t["balances"], t["idempotency"], t["refs"], t["reviews"], t["audit"], t["eod"],
+        t["cases"], t["events"], t["contacts"], t["requests"], params.booked_states,
+        t["movements"],
+        [n[1] for n in stored], [n[2] for n in stored], [n[3] for n in stored],
+        [n[4] for n in stored], [n[5] for n in stored], len(stored), [n[0] for n in stored],
     ]
 
 
@@ -450,22 +504,38 @@ class ShardStore:
     async def commit(
         self, conn: asyncpg.Connection, shard_id: int, epoch: int, diff: Diff
     ) -> None:
-        """The fenced group commit. Raises LeaseLost (and writes nothing) for a stale epoch.
+        """The fenced commit of one shard's batch. Raises LeaseLost (and writes nothing) for
+        a stale epoch.
 
         One statement, except for a batch of many journal entries (an end-of-day chunk, a
         seed batch): its lines go by COPY, in a transaction after the fenced statement.
         COPY spares Postgres parsing each row out of JSON, and such a batch is mostly
         journal lines; the three more round trips are nothing beside the batch's size."""
-        if len(diff.entries) < self.copy_entries_min:
-            args = _commit_args(shard_id, epoch, diff, self.codes)
+        part = ShardCommit(shard_id, epoch, diff)
+        if not self.is_bulk(diff):
+            args = _commit_args([part], self.codes)
             self._fenced(await conn.fetchval(_COMMIT, *args), shard_id, epoch)
             return
-        args = _commit_args(shard_id, epoch, diff, self.codes, lines_by_copy=True)
+        args = _commit_args([part], self.codes, lines_by_copy=True)
         async with conn.transaction():
             self._fenced(await conn.fetchval(_COMMIT, *args), shard_id, epoch)
             await conn.copy_records_to_table(
                 "journal_lines", records=journal_rows(shard_id, diff, self.codes),
                 columns=JOURNAL_COLUMNS)
+
+    def is_bulk(self, diff: Diff) -> bool:
+        """A batch whose journal lines go by COPY: committed alone, never in a group."""
+        return len(diff.entries) >= self.copy_entries_min
+
+    async def commit_group(self, conn: asyncpg.Connection, parts: list[ShardCommit]) -> None:
+        """The batches of several shards in ONE statement, fenced shard by shard: all of
+        them commit, or none. Raises GroupNotFenced when some shard's epoch is stale (the
+        statement then wrote nothing); a PostgresError (a used idempotency key or
+        reference, a failed check) also leaves nothing written. The caller then commits the
+        parts one by one to learn which shard the failure belongs to."""
+        fenced = await conn.fetchval(_COMMIT, *_commit_args(parts, self.codes))
+        if fenced != len(parts):
+            raise GroupNotFenced(f"{fenced} of {len(parts)} shards fenced")
 
     @staticmethod
     def _fenced(fenced: int, shard_id: int, epoch: int) -> None:

@@ -24,6 +24,7 @@ from lending.products import load_catalog
 from lending.riskbook import load_risk_book
 from lending.shard_state import ApplyContext, eod_cause
 from storage import cluster_store
+from storage.group_commit import GroupCommitter
 from storage.migrate import migrate
 from storage.shard_store import ShardStore
 
@@ -52,7 +53,8 @@ async def _scenario(dsn: str, copy_entries_min: int) -> None:
     context = ApplyContext(BUSINESS_DATE, load_catalog(Path("config/products")),
                            risk_policy(settings), risk=load_risk_book(Path("config/risk")))
     store = ShardStore(pool, "test", CODES, copy_entries_min=copy_entries_min)
-    core = ShardCore(0, store, lambda: context, 100, 10)
+    committer = GroupCommitter(store, 1)
+    core = ShardCore(0, store, committer, lambda: context, 100, 10)
     try:
         await core.activate()
         assert (await core.submit(SeedLoans(6, 3, BUSINESS_DATE))).status == 200
@@ -81,6 +83,7 @@ async def _scenario(dsn: str, copy_entries_min: int) -> None:
         assert accrued and accrued <= set(after)  # the day's entries, by statement or COPY
     finally:
         await core.stop()
+        await committer.close()
         await pool.close()
 
 

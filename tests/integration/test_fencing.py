@@ -20,6 +20,7 @@ from lending.products import load_catalog
 from lending.riskbook import load_risk_book
 from lending.shard_state import ApplyContext
 from storage import cluster_store
+from storage.group_commit import GroupCommitter
 from storage.migrate import migrate
 from storage.shard_store import ShardStore
 
@@ -49,6 +50,10 @@ def _application(n: int) -> SubmitApplication:
 CODES = load_chart(Path("config/chart_of_accounts.toml")).role_codes()
 
 
+def _core(store: ShardStore, context: ApplyContext) -> ShardCore:
+    return ShardCore(0, store, GroupCommitter(store, 1), lambda: context, 100, 10)
+
+
 async def _scenario(dsn: str) -> None:
     settings = load_settings(environ={})
     pool = await asyncpg.create_pool(dsn, min_size=1, max_size=4)
@@ -58,8 +63,8 @@ async def _scenario(dsn: str) -> None:
         await cluster_store.initialise(conn, 1, BUSINESS_DATE)
     context = ApplyContext(BUSINESS_DATE, load_catalog(Path("config/products")),
                            risk_policy(settings), risk=load_risk_book(Path("config/risk")))
-    old = ShardCore(0, ShardStore(pool, "old", CODES), lambda: context, 100, 10)
-    new = ShardCore(0, ShardStore(pool, "new", CODES), lambda: context, 100, 10)
+    old = _core(ShardStore(pool, "old", CODES), context)
+    new = _core(ShardStore(pool, "new", CODES), context)
     try:
         await old.activate()
         assert (await old.submit(_application(1))).status == 201
@@ -76,8 +81,9 @@ async def _scenario(dsn: str) -> None:
         owner = await pool.fetchval("SELECT owner FROM shard_lease WHERE shard_id = 0")
         assert owner == "new"
     finally:
-        await old.stop()
-        await new.stop()
+        for core in (old, new):
+            await core.stop()
+            await core.committer.close()
         await pool.close()
 
 
