@@ -94,6 +94,7 @@ class System:
         self.router: ShardRouter | None = None
         self._pool: asyncpg.Pool | None = None
         self._redis: aioredis.Redis | None = None
+        self._batch_redis: aioredis.Redis | None = None
         self.blacklist: Blacklist | None = None  # built with the servers
         self.antifraud: AntiFraud | None = None  # what the partner API screens with
         self.connectors: ConnectorRunner | None = None  # external data sources
@@ -199,7 +200,9 @@ class System:
         vault = PiiVault(
             bytes.fromhex(s.security.pii_key_hex), bytes.fromhex(s.security.hash_key_hex)
         )
-        batcher = ScriptBatcher(self._redis)
+        # The batcher's own client: no per-reply socket timeout (one deadline a pipeline).
+        self._batch_redis = aioredis.from_url(self.redis_url, socket_timeout=None)
+        batcher = ScriptBatcher(self._batch_redis)
         self.blacklist = Blacklist(self._pool, self._redis, s.redis.key_prefix)
         await self.sync_blacklists()
         self.antifraud = AntiFraud(
@@ -397,8 +400,9 @@ class System:
             await asyncio.wait_for(asyncio.gather(*stops), 30)
         for host in self.hosts:
             ray.kill(host, no_restart=True)
-        if self._redis is not None:
-            await self._redis.aclose()
+        for client in (self._redis, self._batch_redis):
+            if client is not None:
+                await client.aclose()
         if self._pool is not None:
             await self._pool.close()
 

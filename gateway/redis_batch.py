@@ -5,6 +5,10 @@ and one round trip each cost more CPU than the rest of the gateway. Calls made d
 same event-loop tick are sent as ONE pipeline (no MULTI: the scripts are atomic on their
 own), so the cost is paid once per tick instead of once per call.
 
+A pipeline has one deadline as a whole (`timeout_s`), not one per reply: give the batcher
+a client without a socket timeout, since redis-py's per-reply timeout (a Timeout context
+for each reply of the pipeline) cost more than parsing the replies.
+
 The calls go as plain EVALSHA. A redis-py Script run through a pipeline makes the pipeline
 ask `SCRIPT EXISTS` first, one more round trip on every flush; here a script is loaded only
 when Redis answers NOSCRIPT (a restarted or flushed Redis), and those calls are sent again.
@@ -23,23 +27,33 @@ from redis.exceptions import NoScriptError
 log = logging.getLogger("lendcore.redis_batch")
 
 PIPELINE_CALLS_MAX = 2000  # calls per pipeline; the rest go in the next one
+PIPELINE_TIMEOUT_S = 5.0  # redis-py's own default socket timeout, for a whole pipeline
 
 _Call = tuple[AsyncScript, list[Any], list[Any], asyncio.Future[Any]]
 
 
 class ScriptBatcher:
-    def __init__(self, client: aioredis.Redis) -> None:
+    def __init__(self, client: aioredis.Redis, timeout_s: float = PIPELINE_TIMEOUT_S) -> None:
         self._client = client
+        self._timeout_s = timeout_s
         self._pending: list[_Call] = []
         self._flushing = False
+        # The loop of the first call, kept: on Python 3.11 every get_running_loop() is a
+        # getpid() system call, and this runs two to three times per request.
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     async def run(self, script: AsyncScript, keys: list[Any], args: list[Any]) -> Any:
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        loop = self._loop or self._bind_loop()
+        future: asyncio.Future[Any] = loop.create_future()
         self._pending.append((script, keys, args, future))
         if not self._flushing:
             self._flushing = True
-            asyncio.get_running_loop().call_soon(self._start_flush)
+            loop.call_soon(self._start_flush)
         return await future
+
+    def _bind_loop(self) -> asyncio.AbstractEventLoop:
+        self._loop = asyncio.get_running_loop()
+        return self._loop
 
     def _start_flush(self) -> None:
         task = asyncio.ensure_future(self._flush())
@@ -81,7 +95,9 @@ class ScriptBatcher:
                 future.set_result(result)
 
     async def _execute(self, calls: list[_Call]) -> list[Any]:
-        async with self._client.pipeline(transaction=False) as pipe:
+        async with asyncio.timeout(self._timeout_s), self._client.pipeline(
+            transaction=False
+        ) as pipe:
             for script, keys, args, _ in calls:
                 pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
             return list(await pipe.execute(raise_on_error=False))
