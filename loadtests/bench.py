@@ -5,7 +5,8 @@
    to its `ready` line is `up_ready_s`;
 3. seed loans through the partner API (application + booking each);
 4. single-request repayments, closed loop over 64 connections: `repay_rps`, `p50_ms`,
-   `p99_ms`, `repay_ratio` = repay_rps / baseline_rps;
+   `p99_ms`, `repay_ratio` = repay_rps / baseline_rps, and what Postgres wrote per repayment:
+   `wal_bytes_per_repay` (WAL, server-wide) and `rows_per_repay` (rows inserted or updated);
 5. the same paced open-loop at 2,000/s: `p99_at_2000_ms`;
 6. batch repayments, 1,000 items per request: `batch_rps` (items committed per second);
 7. applications through the whole origination pipeline, each from a distinct sandbox
@@ -298,20 +299,68 @@ class BatchCounter:
                 self.items_failed += 1
 
 
+class WriteVolume:
+    """What Postgres wrote during a phase: WAL bytes (exact: the WAL position moves at once;
+    server-wide, so on a shared Postgres it includes other users' writes) and rows inserted
+    or updated in the bench's database (from the statistics, which backends report within
+    about a second: read again until two readings agree)."""
+
+    def __init__(self, pg_dsn: str) -> None:
+        self.pg_dsn = pg_dsn
+        self._start: tuple[str, int] = ("0/0", 0)
+
+    async def start(self) -> None:
+        self._start = await self._read()
+
+    async def per_item(self, items: int) -> tuple[float, float]:
+        """(WAL bytes, rows) per item since start()."""
+        lsn, rows = await self._read()
+        deadline = time.monotonic() + STATS_WAIT_S
+        while time.monotonic() < deadline:
+            await asyncio.sleep(ROWS_SETTLE_S)
+            _, again = await self._read()
+            if again == rows:
+                break
+            rows = again
+        conn = await asyncpg.connect(self.pg_dsn)
+        try:
+            wal = await conn.fetchval("SELECT pg_wal_lsn_diff($1, $2)", lsn, self._start[0])
+        finally:
+            await conn.close()
+        return float(wal) / max(1, items), (rows - self._start[1]) / max(1, items)
+
+    async def _read(self) -> tuple[str, int]:
+        conn = await asyncpg.connect(self.pg_dsn)
+        try:
+            row = await conn.fetchrow(_WRITE_VOLUME)
+        finally:
+            await conn.close()
+        assert row is not None
+        return str(row["lsn"]), int(row["rows"])
+
+
+_WRITE_VOLUME = ("SELECT pg_current_wal_lsn()::text AS lsn, coalesce(sum(n_tup_ins + n_tup_upd), "
+                 "0)::int8 AS rows FROM pg_stat_user_tables")
+ROWS_SETTLE_S = 1.2  # a backend reports its counts to the statistics at most every second
+
+
 async def load_phases(
-    api_port: int, loans_wanted: int, duration_s: float
+    api_port: int, pg_dsn: str, loans_wanted: int, duration_s: float
 ) -> dict[str, float | int]:
     host, hostport = "127.0.0.1", f"127.0.0.1:{api_port}"
     started = time.perf_counter()
     loans = await seed_loans(host, api_port, loans_wanted)
     seed_s = time.perf_counter() - started
     run_id = uuid.uuid4().hex[:8]
+    written = WriteVolume(pg_dsn)
+    await written.start()
     cpu_before = cpu_snapshot()
     single = await run_load(
         host, api_port, repayment_factory(loans, hostport, run_id + "s"),
         connections=CONNECTIONS, duration_s=duration_s,
     )
     cpu = cpu_ms_per_request(cpu_before, cpu_snapshot(), single.requests)
+    wal_bytes, rows = await written.per_item(single.requests)
     paced = await run_load(
         host, api_port, repayment_factory(loans, hostport, run_id + "p"),
         connections=CONNECTIONS, duration_s=duration_s, rate_per_s=PACED_RATE,
@@ -343,6 +392,8 @@ async def load_phases(
         "paced_rps": paced.rps,
         "p99_at_2000_ms": paced.percentile_ms(0.99),
         "batch_rps": counter.items_ok / batch.elapsed_s,
+        "wal_bytes_per_repay": wal_bytes,
+        "rows_per_repay": rows,
         "errors": single.errors + paced.errors + batch.errors + counter.items_failed
         + apps.errors,
         **{f"cpu_ms_{role}": cpu.get(role, 0.0) for role in CPU_ROLES},
@@ -497,7 +548,7 @@ def run_bench(
             stack, config_file, pg_dsn, redis_url, workdir
         )
         print(f"up_ready_s={ready_s:.1f}", flush=True)
-        figures = uvloop.run(load_phases(api_port, loans_wanted, duration_s))
+        figures = uvloop.run(load_phases(api_port, pg_dsn, loans_wanted, duration_s))
         balanced = _trial_balance_ok(ops_port)
         exit_code = _stop(process)
     figures.update({
@@ -507,7 +558,7 @@ def run_bench(
     })
     order = ["repay_rps", "repay_ratio", "batch_rps", "p50_ms", "p99_ms", "p99_at_2000_ms",
              "paced_rps", "app_rps", "app_p99_ms", "app_not_approved", "baseline_rps",
-             "up_ready_s", "loans", "seed_s", "errors",
+             "up_ready_s", "loans", "seed_s", "errors", "wal_bytes_per_repay", "rows_per_repay",
              *(f"cpu_ms_{role}" for role in CPU_ROLES),
              *(f"batch_cpu_ms_{role}" for role in CPU_ROLES),
              *(f"app_cpu_ms_{role}" for role in CPU_ROLES)]

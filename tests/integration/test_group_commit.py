@@ -1,0 +1,136 @@
+"""The shards of a host commit their ready batches together, in one fenced statement
+(storage/group_commit.py); a group that Postgres refuses is committed again one shard at a
+time, so each shard gets its own outcome. Real Postgres, no Ray."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from datetime import date
+from pathlib import Path
+
+import asyncpg
+import msgspec
+import pytest
+import pytest_asyncio
+from conftest import create_database, drop_database
+
+from actors.core import LOST, SERVING, ShardCore
+from cluster.config import load_settings
+from cluster.system import risk_policy
+from lending.chart import load_chart
+from lending.commands import CustomerFacts, Reply, SubmitApplication
+from lending.products import load_catalog
+from lending.riskbook import load_risk_book
+from lending.shard_state import ApplyContext
+from storage import cluster_store
+from storage.group_commit import GroupCommitter
+from storage.migrate import migrate
+from storage.shard_store import ShardStore
+
+BUSINESS_DATE = date(2026, 11, 29)
+SHARDS = 3
+CODES = load_chart(Path("config/chart_of_accounts.toml")).role_codes()
+
+
+@pytest.fixture
+def database() -> Iterator[str]:
+    name, dsn = create_database()
+    yield dsn
+    drop_database(name)
+
+
+def _application(ref: str) -> SubmitApplication:
+    facts = CustomerFacts(
+        id_hash=f"hash-{ref}", id_number_enc=b"x", name_enc=b"x", phone_enc=b"x",
+        id_number_masked="1101**********0017", name_masked="张*", phone_masked="138****8000",
+        id_error=None, birth_date=date(1990, 3, 7), id_sequence=1, monthly_income=1_200_000,
+        region_code="330100",
+    )
+    return SubmitApplication(
+        "demo", f"key-{ref}", f"hash-{ref}", ref, "CASH_EI_12", 1_000_000, 12, facts,
+        "d-1", "10.0.0.1", "consumption", None,
+    )
+
+
+class Host:
+    """SHARDS shard cores of one owner sharing one store and one group committer, as a
+    shard host has them."""
+
+    def __init__(self, pool: asyncpg.Pool, context: ApplyContext) -> None:
+        self.pool = pool
+        store = ShardStore(pool, "host", CODES)
+        self.committer = GroupCommitter(store, in_flight_max=1)
+        self.cores = [ShardCore(s, store, self.committer, lambda: context, 100, 10)
+                      for s in range(SHARDS)]
+
+    async def submit_to_each(self, refs: list[str]) -> list[Reply]:
+        """One application to each shard in the same loop tick: their batches are ready
+        together, so they meet in the committer's queue."""
+        futures = [core.submit(_application(ref)) for core, ref in zip(self.cores, refs,
+                                                                         strict=True)]
+        return list(await asyncio.wait_for(asyncio.gather(*futures), 30))
+
+    async def stored_refs(self) -> set[str]:
+        rows = await self.pool.fetch("SELECT partner_application_id FROM applications")
+        return {r[0] for r in rows}
+
+
+@pytest_asyncio.fixture
+async def host(database: str) -> AsyncIterator[Host]:
+    settings = load_settings(environ={})
+    pool = await asyncpg.create_pool(database, min_size=1, max_size=6)
+    async with pool.acquire() as conn:
+        await migrate(conn)
+        await cluster_store.initialise(conn, SHARDS, BUSINESS_DATE)
+    context = ApplyContext(BUSINESS_DATE, load_catalog(Path("config/products")),
+                           risk_policy(settings), risk=load_risk_book(Path("config/risk")))
+    running = Host(pool, context)
+    for core in running.cores:
+        await core.activate()
+    try:
+        yield running
+    finally:
+        for core in running.cores:
+            await core.stop()
+        await running.committer.close()
+        await pool.close()
+
+
+@pytest.mark.asyncio
+async def test_ready_batches_of_several_shards_commit_as_one_group(host: Host) -> None:
+    replies = await host.submit_to_each(["A-0", "A-1", "A-2"])
+    assert [r.status for r in replies] == [201] * SHARDS
+    assert host.committer.stats == {"groups": 1, "batches": SHARDS, "split_groups": 0}
+    assert await host.stored_refs() == {"A-0", "A-1", "A-2"}
+    shards = {msgspec.json.decode(r.body)["application_id"][3:7] for r in replies}
+    assert shards == {"0000", "0001", "0002"}, "each shard wrote its own, under its own id"
+    seqs = await host.pool.fetch("SELECT shard_id, next_seq FROM shard_lease ORDER BY 1")
+    assert all(row["next_seq"] > 1 for row in seqs), "each shard's id counter advanced"
+
+
+@pytest.mark.asyncio
+async def test_a_shard_with_a_newer_owner_fails_alone(host: Host) -> None:
+    thief = ShardStore(host.pool, "thief", CODES)
+    await thief.acquire_lease(1)  # a newer owner of shard 1: epoch + 1
+    replies = await host.submit_to_each(["B-0", "B-1", "B-2"])
+    assert [r.status for r in replies] == [201, 503, 201]
+    assert b"shard_unavailable" in replies[1].body
+    assert [c.status for c in host.cores] == [SERVING, LOST, SERVING]
+    assert host.committer.stats["split_groups"] == 1
+    assert await host.stored_refs() == {"B-0", "B-2"}, "nothing of the deposed owner"
+
+
+@pytest.mark.asyncio
+async def test_a_reference_already_used_costs_only_its_own_shard_a_409(host: Host) -> None:
+    first = await host.submit_to_each(["C-0", "C-1", "C-2"])
+    assert [r.status for r in first] == [201] * SHARDS
+    # shard 1 takes a reference shard 0 already used: its optimistic batch hits the
+    # unique index, which refuses the whole group; alone, shard 1 prefetches and answers 409
+    replies = await host.submit_to_each(["D-0", "C-0", "D-2"])
+    assert [r.status for r in replies] == [201, 409, 201]
+    assert host.committer.stats["split_groups"] == 1
+    # only the shard whose reference was used prefetched; the others committed at once
+    assert [c.stats["prefetched_batches"] for c in host.cores] == [0, 1, 0]
+    assert [c.status for c in host.cores] == [SERVING] * SHARDS
+    assert await host.stored_refs() == {"C-0", "C-1", "C-2", "D-0", "D-2"}
