@@ -324,7 +324,8 @@ class WriteVolume:
             rows = again
         conn = await asyncpg.connect(self.pg_dsn)
         try:
-            wal = await conn.fetchval("SELECT pg_wal_lsn_diff($1, $2)", lsn, self._start[0])
+            wal = await conn.fetchval(
+                "SELECT pg_wal_lsn_diff($1::text::pg_lsn, $2::text::pg_lsn)", lsn, self._start[0])
         finally:
             await conn.close()
         return float(wal) / max(1, items), (rows - self._start[1]) / max(1, items)
