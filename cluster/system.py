@@ -266,6 +266,9 @@ class System:
             server = _Server(uvicorn.Config(
                 app, host=host, port=port, loop="none", http="httptools", lifespan="off",
                 access_log=False, log_level="warning", backlog=4096,
+                # No X-Forwarded-* rewriting: nothing of ours reads the client address, and
+                # the middleware was a layer of Python on every request.
+                proxy_headers=False,
             ))
             self._servers.append(server)
             self._server_tasks.append(asyncio.create_task(server.serve()))

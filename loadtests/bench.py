@@ -7,6 +7,7 @@
 4. single-request repayments, closed loop over 64 connections: `repay_rps`, `p50_ms`,
    `p99_ms`, `repay_ratio` = repay_rps / baseline_rps, and what Postgres wrote per repayment:
    `wal_bytes_per_repay` (WAL, server-wide) and `rows_per_repay` (rows inserted or updated);
+   how it was batched: `commands_per_ray_call`, `commands_per_commit`;
 5. the same paced open-loop at 2,000/s: `p99_at_2000_ms`;
 6. batch repayments, 1,000 items per request: `batch_rps` (items committed per second);
 7. applications through the whole origination pipeline, each from a distinct sandbox
@@ -345,8 +346,41 @@ _WRITE_VOLUME = ("SELECT pg_current_wal_lsn()::text AS lsn, coalesce(sum(n_tup_i
 ROWS_SETTLE_S = 1.2  # a backend reports its counts to the statistics at most every second
 
 
+class Batching:
+    """How the system batched a phase's commands: commands per Ray call (the gateway's
+    `lendcore_gateway_ray_call_items` histogram) and per Postgres commit (the shard hosts'
+    `group_commit` stats; each group is one commit statement)."""
+
+    def __init__(self, ops_port: int) -> None:
+        self.ops = f"http://127.0.0.1:{ops_port}"
+        self._start = (0.0, 0.0, 0, 0)
+
+    def start(self) -> None:
+        self._start = self._read()
+
+    def per_unit(self) -> tuple[float, float]:
+        """(commands per Ray call, commands per commit) since start()."""
+        items, calls, commands, groups = (
+            now - before for now, before in zip(self._read(), self._start, strict=True))
+        return items / max(1.0, calls), commands / max(1, groups)
+
+    def _read(self) -> tuple[float, float, int, int]:
+        metrics = httpx.get(f"{self.ops}/metrics", timeout=30).text
+        items = calls = 0.0
+        for line in metrics.splitlines():
+            if line.startswith("lendcore_gateway_ray_call_items_sum "):
+                items = float(line.split()[1])
+            elif line.startswith("lendcore_gateway_ray_call_items_count "):
+                calls = float(line.split()[1])
+        cluster = httpx.get(f"{self.ops}/ops/cluster", timeout=30,
+                            headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}).json()
+        commands = sum(s["commands"] for h in cluster["hosts"] for s in h["shards"].values())
+        groups = sum(h["group_commit"]["groups"] for h in cluster["hosts"])
+        return items, calls, commands, groups
+
+
 async def load_phases(
-    api_port: int, pg_dsn: str, loans_wanted: int, duration_s: float
+    api_port: int, ops_port: int, pg_dsn: str, loans_wanted: int, duration_s: float
 ) -> dict[str, float | int]:
     host, hostport = "127.0.0.1", f"127.0.0.1:{api_port}"
     started = time.perf_counter()
@@ -355,12 +389,15 @@ async def load_phases(
     run_id = uuid.uuid4().hex[:8]
     written = WriteVolume(pg_dsn)
     await written.start()
+    batching = Batching(ops_port)
+    batching.start()
     cpu_before = cpu_snapshot()
     single = await run_load(
         host, api_port, repayment_factory(loans, hostport, run_id + "s"),
         connections=CONNECTIONS, duration_s=duration_s,
     )
     cpu = cpu_ms_per_request(cpu_before, cpu_snapshot(), single.requests)
+    items_per_call, commands_per_commit = batching.per_unit()
     wal_bytes, rows = await written.per_item(single.requests)
     paced = await run_load(
         host, api_port, repayment_factory(loans, hostport, run_id + "p"),
@@ -394,6 +431,8 @@ async def load_phases(
         "p99_at_2000_ms": paced.percentile_ms(0.99),
         "batch_rps": counter.items_ok / batch.elapsed_s,
         "wal_bytes_per_repay": wal_bytes,
+        "commands_per_ray_call": items_per_call,
+        "commands_per_commit": commands_per_commit,
         "rows_per_repay": rows,
         "errors": single.errors + paced.errors + batch.errors + counter.items_failed
         + apps.errors,
@@ -549,7 +588,7 @@ def run_bench(
             stack, config_file, pg_dsn, redis_url, workdir
         )
         print(f"up_ready_s={ready_s:.1f}", flush=True)
-        figures = uvloop.run(load_phases(api_port, pg_dsn, loans_wanted, duration_s))
+        figures = uvloop.run(load_phases(api_port, ops_port, pg_dsn, loans_wanted, duration_s))
         balanced = _trial_balance_ok(ops_port)
         exit_code = _stop(process)
     figures.update({
@@ -559,7 +598,8 @@ def run_bench(
     })
     order = ["repay_rps", "repay_ratio", "batch_rps", "p50_ms", "p99_ms", "p99_at_2000_ms",
              "paced_rps", "app_rps", "app_p99_ms", "app_not_approved", "baseline_rps",
-             "up_ready_s", "loans", "seed_s", "errors", "wal_bytes_per_repay", "rows_per_repay",
+             "up_ready_s", "loans", "seed_s", "errors", "commands_per_ray_call",
+             "commands_per_commit", "wal_bytes_per_repay", "rows_per_repay",
              *(f"cpu_ms_{role}" for role in CPU_ROLES),
              *(f"batch_cpu_ms_{role}" for role in CPU_ROLES),
              *(f"app_cpu_ms_{role}" for role in CPU_ROLES)]
