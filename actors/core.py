@@ -26,7 +26,7 @@ import asyncpg
 from actors.heap import is_bulk, release_free_memory
 from lending.commands import WRITE_COMMANDS, Command, Reply, error_reply, is_write
 from lending.shard_state import ApplyContext, Prefetched, ShardState, apply_batch, wanted_refs
-from storage.group_commit import GroupCommitter
+from storage.group_commit import GroupCommitter, pooled
 from storage.shard_store import LeaseLost, ShardStore
 
 log = logging.getLogger("lendcore.shard")
@@ -195,7 +195,7 @@ class ShardCore:
                 (c.partner_id, c.idem_key) for c in commands if isinstance(c, WRITE_COMMANDS)
             ]
             refs = [ref for c in commands if (ref := wanted_refs(c)) is not None]
-            async with self.store.pool.acquire() as conn:
+            async with pooled(self.store.pool) as conn:
                 prefetched = await self.store.prefetch(conn, self.shard_id, idem_keys, refs)
             replies, diff = apply_batch(state, commands, prefetched, ctx)
             if not diff.is_empty():

@@ -375,7 +375,7 @@ class Batching:
         cluster = httpx.get(f"{self.ops}/ops/cluster", timeout=30,
                             headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}).json()
         commands = sum(s["commands"] for h in cluster["hosts"] for s in h["shards"].values())
-        groups = sum(h["group_commit"]["groups"] for h in cluster["hosts"])
+        groups = sum(h["group_commit"].get("groups", 0) for h in cluster["hosts"])
         return items, calls, commands, groups
 
 

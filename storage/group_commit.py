@@ -26,6 +26,8 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import asyncpg
 
@@ -66,7 +68,7 @@ class GroupCommitter:
     async def commit(self, shard_id: int, epoch: int, diff: Diff) -> None:
         """Commit one shard's batch, fenced at `epoch`; raises as ShardStore.commit does."""
         if self.store.is_bulk(diff):
-            async with self.store.pool.acquire() as conn:
+            async with pooled(self.store.pool) as conn:
                 await _alone(self.store, conn, ShardCommit(shard_id, epoch, diff))
             return
         if self._pump_task is None:
@@ -106,7 +108,7 @@ class GroupCommitter:
     async def _commit_group(self, group: list[_Waiting]) -> None:
         conn: asyncpg.Connection | None = None
         try:
-            conn = self._idle.pop() if self._idle else await self.store.pool.acquire()
+            conn = await self._connection()
             await self._commit_on(conn, group)
         except UNKNOWN_OUTCOME_ERRORS as exc:
             if conn is not None:
@@ -115,8 +117,8 @@ class GroupCommitter:
                 conn = None
             _fail(group, exc)
         except asyncio.CancelledError:
-            for waiting in group:
-                waiting.future.cancel()
+            # the loop is going away: to the shards, an unknown outcome (they reload)
+            _fail(group, ConnectionAbortedError("group commit cancelled"))
             raise
         except Exception as exc:  # a bug: its shards get the error, never a hang
             log.exception("group commit of %d batches failed", len(group))
@@ -125,6 +127,19 @@ class GroupCommitter:
             if conn is not None:
                 self._idle.append(conn)
             self._slots.release()
+
+    async def _connection(self) -> asyncpg.Connection:
+        """A kept connection that is still open (Postgres may have dropped it while it was
+        idle: a restart, a failover), else one from the pool."""
+        while self._idle:
+            conn = self._idle.pop()
+            try:
+                if not conn.is_closed():
+                    return conn
+            except asyncpg.InterfaceError:
+                continue  # the pool took it back already, when Postgres closed it
+            await self.store.pool.release(conn)
+        return await self.store.pool.acquire()
 
     async def _commit_on(self, conn: asyncpg.Connection, group: list[_Waiting]) -> None:
         self.stats["groups"] += 1
@@ -160,6 +175,20 @@ class GroupCommitter:
             return
         if not waiting.future.done():
             waiting.future.set_result(None)
+
+
+@asynccontextmanager
+async def pooled(pool: asyncpg.Pool) -> AsyncIterator[asyncpg.Connection]:
+    """A connection of the pool for one use; after an unknown outcome it is terminated, not
+    handed to the next user."""
+    conn = await pool.acquire()
+    try:
+        yield conn
+    except UNKNOWN_OUTCOME_ERRORS:
+        conn.terminate()
+        raise
+    finally:
+        await pool.release(conn)
 
 
 async def _alone(store: ShardStore, conn: asyncpg.Connection, part: ShardCommit) -> None:

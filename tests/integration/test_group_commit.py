@@ -134,3 +134,21 @@ async def test_a_reference_already_used_costs_only_its_own_shard_a_409(host: Hos
     assert [c.stats["prefetched_batches"] for c in host.cores] == [0, 1, 0]
     assert [c.status for c in host.cores] == [SERVING] * SHARDS
     assert await host.stored_refs() == {"C-0", "C-1", "C-2", "D-0", "D-2"}
+
+
+@pytest.mark.asyncio
+async def test_after_postgres_dropped_every_connection_the_next_group_commits(
+    host: Host,
+) -> None:
+    assert [r.status for r in await host.submit_to_each(["E-0", "E-1", "E-2"])] == [201] * 3
+    # what a Postgres restart or failover does to the committer's kept connection
+    async with host.pool.acquire() as conn:
+        dropped = await conn.fetchval(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()")
+    assert dropped >= 1
+    await asyncio.sleep(0.2)  # the client sees the connections close
+    replies = await host.submit_to_each(["F-0", "F-1", "F-2"])
+    assert [r.status for r in replies] == [201] * SHARDS, [r.body for r in replies]
+    assert [c.status for c in host.cores] == [SERVING] * SHARDS
+    assert {"E-0", "F-0", "F-1", "F-2"} <= await host.stored_refs()
