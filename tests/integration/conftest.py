@@ -65,6 +65,14 @@ def drop_database(name: str) -> None:
     asyncio.run(drop())
 
 
+@pytest.fixture
+def empty_database() -> Iterator[str]:
+    """The DSN of a database of its own for one test, dropped afterwards."""
+    name, dsn = create_database()
+    yield dsn
+    drop_database(name)
+
+
 def system_settings(
     pg_dsn: str, prefix: str, config_file: Path | None = None, **extra_env: str
 ) -> Settings:

@@ -10,6 +10,7 @@ from typing import Any
 
 import httpx
 
+from lending.commands import CustomerFacts, SubmitApplication
 from lending.identity import make_id_number
 from loadtests.client import PartnerClient
 
@@ -44,6 +45,24 @@ def with_bad_check_digit(id_no: str) -> str:
 def ref() -> str:
     """A fresh external_ref for a repayment."""
     return f"P-{uuid.uuid4().hex}"
+
+
+# ---- shard commands (tests of the shard core without the gateway) ----------------------------
+
+
+def application_command(ref: str) -> SubmitApplication:
+    """An application as the gateway hands it to a shard: partner reference `ref`, its own
+    customer, key and request hash (all derived from `ref`)."""
+    facts = CustomerFacts(
+        id_hash=f"hash-{ref}", id_number_enc=b"x", name_enc=b"x", phone_enc=b"x",
+        id_number_masked="1101**********0017", name_masked="张*", phone_masked="138****8000",
+        id_error=None, birth_date=date(1990, 3, 7), id_sequence=1, monthly_income=1_200_000,
+        region_code="330100",
+    )
+    return SubmitApplication(
+        "demo", f"key-{ref}", f"hash-{ref}", ref, "CASH_EI_12", 1_000_000, 12, facts,
+        "d-1", "10.0.0.1", "consumption", None,
+    )
 
 
 # ---- request bodies ---------------------------------------------------------------------------

@@ -5,14 +5,12 @@ commits (storage/shard_store.py, migration 0013). Real Postgres, no Ray."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from datetime import date
 from pathlib import Path
 
 import asyncpg
 import msgspec
 import pytest
-from conftest import create_database, drop_database
 
 from actors.core import SERVING, ShardCore
 from cluster.config import load_settings
@@ -30,13 +28,6 @@ from storage.shard_store import ShardStore
 
 BUSINESS_DATE = date(2026, 11, 29)
 CODES = load_chart(Path("config/chart_of_accounts.toml")).role_codes()
-
-
-@pytest.fixture
-def database() -> Iterator[str]:
-    name, dsn = create_database()
-    yield dsn
-    drop_database(name)
 
 
 async def _stored_closed_on(pool: asyncpg.Pool) -> dict[str, date | None]:
@@ -89,6 +80,6 @@ async def _scenario(dsn: str, copy_entries_min: int) -> None:
 
 @pytest.mark.parametrize("copy_entries_min", [1, 10_000], ids=["copy", "statement"])
 def test_a_loan_missing_from_postgres_fails_the_whole_commit(
-    database: str, copy_entries_min: int
+    empty_database: str, copy_entries_min: int
 ) -> None:
-    asyncio.run(_scenario(database, copy_entries_min))
+    asyncio.run(_scenario(empty_database, copy_entries_min))

@@ -3,19 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from datetime import date
 from pathlib import Path
 
 import asyncpg
-import pytest
-from conftest import create_database, drop_database
+from factories import application_command
 
 from actors.core import LOST, SERVING, ShardCore
 from cluster.config import load_settings
 from cluster.system import risk_policy
 from lending.chart import load_chart
-from lending.commands import CustomerFacts, SubmitApplication
 from lending.products import load_catalog
 from lending.riskbook import load_risk_book
 from lending.shard_state import ApplyContext
@@ -25,26 +22,6 @@ from storage.migrate import migrate
 from storage.shard_store import ShardStore
 
 BUSINESS_DATE = date(2026, 11, 29)
-
-
-@pytest.fixture
-def database() -> Iterator[str]:
-    name, dsn = create_database()
-    yield dsn
-    drop_database(name)
-
-
-def _application(n: int) -> SubmitApplication:
-    facts = CustomerFacts(
-        id_hash=f"hash-{n}", id_number_enc=b"x", name_enc=b"x", phone_enc=b"x",
-        id_number_masked="1101**********0017", name_masked="张*", phone_masked="138****8000",
-        id_error=None, birth_date=date(1990, 3, 7), id_sequence=1, monthly_income=1_200_000,
-        region_code="330100",
-    )
-    return SubmitApplication(
-        "demo", f"key-{n}", f"hash-{n}", f"A-{n}", "CASH_EI_12", 1_000_000, 12, facts,
-        "d-1", "10.0.0.1", "consumption", None,
-    )
 
 
 CODES = load_chart(Path("config/chart_of_accounts.toml")).role_codes()
@@ -67,14 +44,15 @@ async def _scenario(dsn: str) -> None:
     new = _core(ShardStore(pool, "new", CODES), context)
     try:
         await old.activate()
-        assert (await old.submit(_application(1))).status == 201
+        assert (await old.submit(application_command("A-1"))).status == 201
         await new.activate()  # takes the shard: epoch + 1
         assert new.epoch == old.epoch + 1
-        stale = await old.submit(_application(2))
+        stale = await old.submit(application_command("A-2"))
         assert stale.status == 503 and b"shard_unavailable" in stale.body
         assert old.status == LOST
-        assert (await old.submit(_application(3))).status == 503, "a lost shard stays lost"
-        assert (await new.submit(_application(4))).status == 201
+        lost = await old.submit(application_command("A-3"))
+        assert lost.status == 503, "a lost shard stays lost"
+        assert (await new.submit(application_command("A-4"))).status == 201
         assert new.status == SERVING
         refs = {r[0] for r in await pool.fetch("SELECT partner_application_id FROM applications")}
         assert refs == {"A-1", "A-4"}, "nothing of the stale owner was committed"
@@ -87,5 +65,5 @@ async def _scenario(dsn: str) -> None:
         await pool.close()
 
 
-def test_stale_epoch_owner_cannot_commit(database: str) -> None:
-    asyncio.run(_scenario(database))
+def test_stale_epoch_owner_cannot_commit(empty_database: str) -> None:
+    asyncio.run(_scenario(empty_database))

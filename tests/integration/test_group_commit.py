@@ -5,7 +5,7 @@ time, so each shard gets its own outcome. Real Postgres, no Ray."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import date
 from pathlib import Path
 
@@ -13,13 +13,13 @@ import asyncpg
 import msgspec
 import pytest
 import pytest_asyncio
-from conftest import create_database, drop_database
+from factories import application_command
 
 from actors.core import LOST, SERVING, ShardCore
 from cluster.config import load_settings
 from cluster.system import risk_policy
 from lending.chart import load_chart
-from lending.commands import CustomerFacts, Reply, SubmitApplication
+from lending.commands import Reply
 from lending.products import load_catalog
 from lending.riskbook import load_risk_book
 from lending.shard_state import ApplyContext
@@ -31,26 +31,6 @@ from storage.shard_store import ShardStore
 BUSINESS_DATE = date(2026, 11, 29)
 SHARDS = 3
 CODES = load_chart(Path("config/chart_of_accounts.toml")).role_codes()
-
-
-@pytest.fixture
-def database() -> Iterator[str]:
-    name, dsn = create_database()
-    yield dsn
-    drop_database(name)
-
-
-def _application(ref: str) -> SubmitApplication:
-    facts = CustomerFacts(
-        id_hash=f"hash-{ref}", id_number_enc=b"x", name_enc=b"x", phone_enc=b"x",
-        id_number_masked="1101**********0017", name_masked="张*", phone_masked="138****8000",
-        id_error=None, birth_date=date(1990, 3, 7), id_sequence=1, monthly_income=1_200_000,
-        region_code="330100",
-    )
-    return SubmitApplication(
-        "demo", f"key-{ref}", f"hash-{ref}", ref, "CASH_EI_12", 1_000_000, 12, facts,
-        "d-1", "10.0.0.1", "consumption", None,
-    )
 
 
 class Host:
@@ -67,7 +47,7 @@ class Host:
     async def submit_to_each(self, refs: list[str]) -> list[Reply]:
         """One application to each shard in the same loop tick: their batches are ready
         together, so they meet in the committer's queue."""
-        futures = [core.submit(_application(ref)) for core, ref in zip(self.cores, refs,
+        futures = [core.submit(application_command(ref)) for core, ref in zip(self.cores, refs,
                                                                          strict=True)]
         return list(await asyncio.wait_for(asyncio.gather(*futures), 30))
 
@@ -77,9 +57,9 @@ class Host:
 
 
 @pytest_asyncio.fixture
-async def host(database: str) -> AsyncIterator[Host]:
+async def host(empty_database: str) -> AsyncIterator[Host]:
     settings = load_settings(environ={})
-    pool = await asyncpg.create_pool(database, min_size=1, max_size=6)
+    pool = await asyncpg.create_pool(empty_database, min_size=1, max_size=6)
     async with pool.acquire() as conn:
         await migrate(conn)
         await cluster_store.initialise(conn, SHARDS, BUSINESS_DATE)
