@@ -211,6 +211,35 @@ async def test_sources_are_queried_concurrently() -> None:
     assert all(result.status == SOURCE_OK for result in results.values())
 
 
+class TaskRecorder(SimulatedConnector):
+    """A simulator that notes the task each query runs in."""
+
+    def __init__(self, source: str, **kwargs: Any) -> None:
+        super().__init__(source, **kwargs)
+        self.tasks: list[asyncio.Task[Any] | None] = []
+
+    async def query(self, request: SourceRequest) -> Fields:
+        self.tasks.append(asyncio.current_task())
+        return await super().query(request)
+
+
+@pytest.mark.asyncio
+async def test_a_source_that_answers_at_once_is_queried_inline_and_a_slow_one_in_a_task() -> None:
+    quick = TaskRecorder(CREDIT_BUREAU)
+    slow = TaskRecorder("zhima", latency_ms=1)
+    connectors: dict[str, Connector] = {**simulators(), CREDIT_BUREAU: quick, "zhima": slow}
+    runner = make_runner(connectors)
+    assert quick.answers_at_once(request_for()) and not slow.answers_at_once(request_for())
+    screening = asyncio.current_task()
+    results = await runner.screen(request_for())
+    assert all(result.status == SOURCE_OK for result in results.values())
+    assert quick.tasks == [screening]  # no task, timer or shield for a local stand-in
+    assert len(slow.tasks) == 1 and slow.tasks[0] is not screening
+    # a simulator that may fail is not "at once": it keeps its own task, retries and timeout
+    slow.latency_ms, quick.failure_rate = 0, 0.5
+    assert slow.answers_at_once(request_for()) and not quick.answers_at_once(request_for())
+
+
 @pytest.mark.asyncio
 async def test_slow_source_times_out_after_one_plus_retries_calls() -> None:
     connectors = simulators(tongdun={"latency_ms": 300})
