@@ -16,7 +16,7 @@ import asyncpg
 import pytest
 from conftest import create_database, drop_database, system_settings
 from conftest_redis import REDIS_URL, delete_keys_with_prefix
-from test_fencing import _application
+from factories import application_command
 
 from actors.host import ShardHostCore
 from cluster.system import System
@@ -59,7 +59,7 @@ async def _scenario(dsn: str, prefix: str) -> None:
         transaction = blocker.transaction()
         await transaction.start()
         await blocker.execute("SELECT 1 FROM shard_lease WHERE shard_id = 0 FOR UPDATE")
-        reply = core.submit(_application(1))
+        reply = core.submit(application_command("A-1"))
         await _until(lambda: core.queue_depth() == 0)  # the batch is being applied
         await pool.execute(
             "UPDATE cluster_meta SET value = $1 WHERE key = 'business_date'",
@@ -74,7 +74,7 @@ async def _scenario(dsn: str, prefix: str) -> None:
         created_on = await pool.fetchval("SELECT created_on FROM applications")
         assert created_on == OLD_DATE, "the batch that was waited for was of the old date"
         # The next batch reads the new date.
-        assert (await core.submit(_application(2))).status == 201
+        assert (await core.submit(application_command("A-2"))).status == 201
         assert await pool.fetchval(
             "SELECT created_on FROM applications WHERE partner_application_id = 'A-2'"
         ) == NEW_DATE
