@@ -16,6 +16,7 @@ No Ray here, so the core can run in a plain event loop (tests, simulation). The 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import deque
@@ -37,9 +38,13 @@ RELOADING = "reloading"
 LOST = "lost"
 
 RELOAD_BACKOFF_S = (0.05, 0.1, 0.2, 0.5, 1.0)
+RELOAD_RETRY_S = 1.0  # while Postgres stays away, a reloading shard tries again this often
 
 # Errors after which the commit outcome is unknown; anything else is a bug and propagates.
-STORAGE_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, asyncio.TimeoutError)
+STORAGE_ERRORS = (
+    asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError, OSError,
+    asyncio.TimeoutError,
+)
 
 
 def unavailable(reason: str) -> Reply:
@@ -115,12 +120,16 @@ class ShardCore:
 
     async def _run(self) -> None:
         while self.status != LOST:
-            if not self._inbox:
-                self._wake.clear()
-                await self._wake.wait()
-                continue
             if self.status == RELOADING:
                 await self._reload()
+                if self.status == RELOADING:
+                    # Postgres is still away. Try again soon even without traffic: the
+                    # shard must come back by itself (readiness waits for it, so a load
+                    # balancer may send nothing until then).
+                    await self._wait_for_work(RELOAD_RETRY_S)
+                continue
+            if not self._inbox:
+                await self._wait_for_work(None)
                 continue
             batch = [self._inbox.popleft() for _ in range(min(self.batch_max, len(self._inbox)))]
             self._batch_done.clear()
@@ -205,6 +214,15 @@ class ShardCore:
         state.commit(diff)  # only after COMMIT: a failed commit leaves memory as it was
         return replies
 
+    async def _wait_for_work(self, timeout_s: float | None) -> None:
+        """Until a command arrives (or `timeout_s` passes)."""
+        if self._inbox:
+            return
+        self._wake.clear()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout_s):
+                await self._wake.wait()
+
     async def _reload(self) -> None:
         """After an unknown commit outcome, Postgres is the truth: rebuild from it."""
         for delay in RELOAD_BACKOFF_S:
@@ -222,7 +240,7 @@ class ShardCore:
             self.status = SERVING
             self.stats["reloads"] += 1
             return
-        # Still failing: answer what is queued, stay RELOADING and try again on the next batch.
+        # Still failing: answer what is queued and stay RELOADING (`_run` tries again).
         self._fail_queued("storage unavailable, retry")
 
     async def _stored_next_seq(self) -> int:

@@ -179,14 +179,22 @@ class ShardHostCore:
         except RedisError as exc:
             log.warning("could not release lease claim %s (%s); it expires by TTL", key, exc)
 
-    async def submit(self, payload: bytes) -> bytes:
-        envelopes = BATCH_DECODER.decode(payload)
+    async def start_or_reset(self) -> None:
+        """`ensure_started`, but a start that fails is undone (and raises), so that the
+        next call starts from scratch: Postgres may be back by then."""
         starting = self._start_task
         try:
             await self.ensure_started()
-        except Exception as exc:  # whatever stops the start, answer (and retry later)
+        except Exception:
             log.exception("shard host %s cannot start", self.config.host_id)
             await self._reset_after_failed_start(starting or self._start_task)
+            raise
+
+    async def submit(self, payload: bytes) -> bytes:
+        envelopes = BATCH_DECODER.decode(payload)
+        try:
+            await self.start_or_reset()
+        except Exception as exc:  # noqa: BLE001 - whatever stops the start: answer, retry later
             reason = f"shard host {self.config.host_id} cannot start: {exc}"
             return BATCH_ENCODER.encode([unavailable(reason)] * len(envelopes))
         futures: list[asyncio.Future[Reply]] = []

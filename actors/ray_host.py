@@ -34,7 +34,9 @@ class ShardHostActor:
         return await self.core.sync_business_date()
 
     async def ready(self) -> dict[str, Any]:
-        await self.core.ensure_started()
+        """Start the host if it is not (a restarted actor starts lazily), then its stats;
+        raises while it cannot start (the gateway's readiness check says why)."""
+        await self.core.start_or_reset()
         return self.core.stats()
 
     async def stats(self) -> dict[str, Any]:

@@ -68,7 +68,8 @@ class GatewaySettings(msgspec.Struct, forbid_unknown_fields=True):
     ray_call_items_max: int = 2000
     calls_in_flight_max: int = 4
     pending_max: int = 50000
-    retry_deadline_s: float = 15.0
+    retry_deadline_s: float = 8.0
+    request_timeout_s: float = 10.0
     clock_skew_max_s: int = 300
     nonce_ttl_s: int = 600
     idempotency_ttl_s: int = 90000
@@ -316,6 +317,7 @@ def _validate(settings: Settings) -> None:
         )
     if not 1 <= settings.shard.batch_max <= 10000:
         raise ConfigError("shard.batch_max must be in 1..10000")
+    _validate_timeouts(settings)
     for name, value in msgspec.structs.asdict(settings.antifraud).items():
         if not 1 <= value <= 10**9:
             raise ConfigError(f"antifraud.{name} must be in 1..1000000000")
@@ -365,6 +367,20 @@ _CONNECTOR_RANGES: dict[str, tuple[float, float]] = {
     "simulator_jitter_ms": (0, 60000),
     "simulator_failure_rate": (0, 1),
 }
+
+
+def _validate_timeouts(settings: Settings) -> None:
+    """A request must outlive what it waits on, or it would always time out first."""
+    gateway = settings.gateway
+    if not 1 <= gateway.request_timeout_s <= 300:
+        raise ConfigError("gateway.request_timeout_s must be in 1..300")
+    if not 0 < gateway.retry_deadline_s < gateway.request_timeout_s:
+        raise ConfigError("gateway.retry_deadline_s must be in (0, request_timeout_s)")
+    if settings.connectors.deadline_ms >= gateway.request_timeout_s * 1000:
+        raise ConfigError(
+            "connectors.deadline_ms must be below gateway.request_timeout_s: an application "
+            "is screened inside its request"
+        )
 
 
 def _validate_connectors(connectors: ConnectorSettings) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -20,6 +21,8 @@ import msgspec
 import ray
 import redis.asyncio as aioredis
 import uvicorn
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
 from actors.host import HostConfig
 from actors.ray_host import ShardHostActor
@@ -36,6 +39,7 @@ from gateway.ops_api import Operator, OpsApi, common_endpoints
 from gateway.partner_api import PartnerApi
 from gateway.pii import PiiVault
 from gateway.ratelimit import RateLimiter
+from gateway.readiness import Readiness, shards_not_serving
 from gateway.redis_batch import ScriptBatcher
 from gateway.reviews import ReviewDesk
 from gateway.router import HostChannel, ShardRouter
@@ -102,6 +106,10 @@ class System:
         self.outbox: Outbox | None = None  # sends what end of day planned (SMS, withholding)
         self._outbox_task: asyncio.Task[Any] | None = None
         self.eod_scheduler: EodScheduler | None = None  # end of day by itself ([eod] schedule_*)
+        self.readiness = Readiness({
+            "postgres": self._postgres_problem, "redis": self._redis_problem,
+            "shards": self._shards_problem,
+        })
         self._servers: list[_Server] = []
         self._server_tasks: list[asyncio.Task[None]] = []
         self.api_url = ""
@@ -126,6 +134,8 @@ class System:
         self.router.start()
         await self._start_servers()
         await self._wait_hosts_ready()
+        await self.readiness.check_now()
+        self.readiness.start()
         assert self.eod_scheduler is not None
         self.eod_scheduler.start()  # its first firing may run end of day: hosts must serve
         self.start_outbox_drain()  # what a crash left pending
@@ -190,18 +200,52 @@ class System:
         return ShardRouter(self.shard_assignment(), channels, g.pending_max, g.retry_deadline_s)
 
     def ready(self) -> bool:
-        return self.hosts_ready and all(server.started for server in self._servers)
+        return (
+            self.hosts_ready
+            and all(server.started for server in self._servers)
+            and self.readiness.is_ready()
+        )
+
+    def readiness_body(self) -> bytes:
+        if not self.hosts_ready or not all(server.started for server in self._servers):
+            return b'{"status":"starting"}'
+        return self.readiness.body()
+
+    # ---- readiness checks (gateway.readiness): None when healthy, else why not -----------
+
+    async def _postgres_problem(self) -> str | None:
+        assert self._pool is not None
+        await self._pool.fetchval("SELECT 1")
+        return None
+
+    async def _redis_problem(self) -> str | None:
+        assert self._batch_redis is not None
+        await self._batch_redis.ping()
+        return None
+
+    async def _shards_problem(self) -> str | None:
+        """Every host started (`ready` starts a restarted host, which activates lazily)
+        and every logical shard serving."""
+        stats = await asyncio.gather(*(host.ready.remote() for host in self.hosts))
+        owned = sum(len(host_stats.get("shards", {})) for host_stats in stats)
+        if owned != self.settings.cluster.logical_shards:
+            return f"{owned} of {self.settings.cluster.logical_shards} shards started"
+        return shards_not_serving(stats)
 
     async def _start_servers(self) -> None:
         assert self._redis is not None and self._pool is not None and self.router is not None
         s = self.settings
         openapi = build_openapi()
-        common = common_endpoints(self.ready, lambda: openapi)
+        common = common_endpoints(self.ready, self.readiness_body, lambda: openapi)
         vault = PiiVault(
             bytes.fromhex(s.security.pii_key_hex), bytes.fromhex(s.security.hash_key_hex)
         )
         # The batcher's own client: no per-reply socket timeout (one deadline a pipeline).
-        self._batch_redis = aioredis.from_url(self.redis_url, socket_timeout=None)
+        # No automatic retry either: a pipeline retried after a broken connection could run
+        # its scripts twice (a nonce seen twice answers a valid request `replayed_request`).
+        self._batch_redis = aioredis.from_url(
+            self.redis_url, socket_timeout=None, retry=Retry(NoBackoff(), 0)
+        )
         batcher = ScriptBatcher(self._batch_redis)
         self.blacklist = Blacklist(self._pool, self._redis, s.redis.key_prefix)
         await self.sync_blacklists()
@@ -214,6 +258,8 @@ class System:
             secrets=load_partner_secrets(s.resolve_path(s.paths.partners_file)),
             guard=RedisGuard(
                 self._redis, s.redis.key_prefix, s.gateway.nonce_ttl_s,
+                # A request lives at most request_timeout_s; its in-flight marker no longer.
+                inflight_ttl_s=math.ceil(s.gateway.request_timeout_s) + 1,
                 response_ttl_s=s.gateway.idempotency_ttl_s, batcher=batcher,
             ),
             limiter=RateLimiter(self._redis, s.redis.key_prefix, batcher),
@@ -225,7 +271,7 @@ class System:
             clock_skew_max_s=s.gateway.clock_skew_max_s,
             rate_per_s=s.gateway.rate_per_partner_s,
             rate_burst=s.gateway.rate_burst,
-            is_ready=self.ready,
+            request_timeout_s=s.gateway.request_timeout_s,
             common=common,
         )
         self.outbox = Outbox(pool=self._pool, router=self.router, vault=vault,
@@ -386,6 +432,7 @@ class System:
 
     async def stop(self) -> None:
         """Drain: stop accepting, let in-flight requests finish, stop hosts, close."""
+        await self.readiness.stop()
         if self.eod_scheduler is not None:
             await self.eod_scheduler.stop()  # first: a scheduled run needs the hosts
         for server in self._servers:

@@ -26,6 +26,7 @@ from lending.products import ProductError, load_catalog
 from lending.riskbook import RiskBookError, load_risk_book
 
 log = logging.getLogger("lendcore.up")
+READY_POLL_S = 0.1  # while a dependency is still down after the start, how often to look
 
 
 def resolve_services(settings: Settings) -> tuple[str, str, list[EmbeddedService]]:
@@ -59,8 +60,11 @@ async def serve(settings: Settings, pg_dsn: str, redis_url: str) -> None:
     await asyncio.wait({start, stopper}, return_when=asyncio.FIRST_COMPLETED)
     if start.done():
         start.result()
-        print(f"ready api={system.api_url} ops={system.ops_url}", flush=True)
-        log.info("ready in %.1f s", time.monotonic() - started)
+        while not system.ready() and not stop.is_set():  # /readyz would answer 200 now
+            await asyncio.sleep(READY_POLL_S)
+        if not stop.is_set():
+            print(f"ready api={system.api_url} ops={system.ops_url}", flush=True)
+            log.info("ready in %.1f s", time.monotonic() - started)
         await stopper
     else:
         start.cancel()

@@ -44,6 +44,7 @@ from lending.chart import Chart
 from lending.shard_state import shard_of_id
 from storage import audit, cluster_store, gl_summary
 from storage.applications_store import application_detail
+from storage.db import DATABASE_DOWN
 
 if TYPE_CHECKING:
     from gateway.collections_desk import CollectionsDesk
@@ -128,7 +129,8 @@ class Operator:
 
 
 def common_endpoints(
-    is_ready: Callable[[], bool], openapi: Callable[[], bytes]
+    is_ready: Callable[[], bool], readiness_body: Callable[[], bytes],
+    openapi: Callable[[], bytes],
 ) -> Callable[[Scope, Receive, Send], Awaitable[bool]]:
     """/healthz, /readyz, /metrics, /openapi.json on both ports. True when answered."""
 
@@ -136,14 +138,13 @@ def common_endpoints(
         if scope["method"] != "GET":
             return False
         path = scope["path"]
+            # Not ready: 503 with the failing checks (gateway.readiness), no auth needed.
         if path == "/healthz":
             await respond(send, 200, b'{"status":"ok"}')
         elif path == "/readyz":
             ready = is_ready()
-            await respond(
-                send, 200 if ready else 503,
-                b'{"status":"ready"}' if ready else b'{"status":"starting"}',
-            )
+            headers = [] if ready else [(b"retry-after", b"1")]
+            await respond(send, 200 if ready else 503, readiness_body(), headers)
         elif path == "/metrics":
             await respond(send, 200, generate_latest(), content_type=CONTENT_TYPE_LATEST.encode())
         elif path == "/openapi.json":
@@ -200,6 +201,13 @@ class OpsApi:
         except HttpError as error:
             status = error.status
             await respond_error(send, error)
+        except DATABASE_DOWN as exc:
+            # Postgres restarting, failing over or unreachable: not a bug, a wait.
+            log.warning("ops %s: database unavailable (%s)", route, type(exc).__name__)
+            status = 503
+            await respond_error(send, HttpError(
+                503, "unavailable", "database unavailable; retry later", retry_after_s=1
+            ))
         finally:
             REQUESTS.labels("ops", route, str(status)).inc()
             LATENCY.labels("ops", route).observe(time.perf_counter() - started)

@@ -128,7 +128,7 @@ class PartnerApi:
         clock_skew_max_s: int,
         rate_per_s: float,
         rate_burst: int,
-        is_ready: Callable[[], bool],
+        request_timeout_s: float,
         common: Callable[[Scope, Receive, Send], Awaitable[bool]],
     ) -> None:
         self.secrets = secrets
@@ -142,7 +142,8 @@ class PartnerApi:
         self.clock_skew_max_s = clock_skew_max_s
         self.rate_per_s = rate_per_s
         self.rate_burst = rate_burst
-        self.is_ready = is_ready
+        self.request_timeout_s = request_timeout_s
+        self._releases: set[asyncio.Task[None]] = set()  # keys freed after a timeout
         self.common = common  # /healthz, /readyz, /metrics, /openapi.json
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -155,15 +156,27 @@ class PartnerApi:
         route = "unknown"
         status = 500
         try:
-            route, status = await self._handle(scope, receive, send)
+            # The request timeout bounds everything up to the answer: a partner is never
+            # left waiting on a sick Redis, Postgres or shard host (faults: issue 12).
+            async with asyncio.timeout(self.request_timeout_s):
+                route, response = await self._handle(scope, receive)
+            status = response[0]
+            await respond(send, *response)
         except HttpError as error:
             status = error.status
             await respond_error(send, error)
+        except TimeoutError:
+            status = 503
+            await respond_error(send, HttpError(
+                503, "unavailable",
+                f"no answer within {self.request_timeout_s:g} s; retry with the same "
+                "Idempotency-Key", retry_after_s=1,
+            ))
         finally:
             REQUESTS.labels("partner", route, str(status)).inc()
             LATENCY.labels("partner", route).observe(time.perf_counter() - started)
 
-    async def _handle(self, scope: Scope, receive: Receive, send: Send) -> tuple[str, int]:
+    async def _handle(self, scope: Scope, receive: Receive) -> tuple[str, Response]:
         method = scope["method"]
         raw_path = scope.get("raw_path") or scope["path"].encode()
         query = scope.get("query_string", b"")
@@ -178,9 +191,7 @@ class PartnerApi:
         request = _Request(method, path, route, body, header_map(scope))
         request.partner_id = self._authenticate(request)
         await self._rate_limit(request.partner_id)
-        status, reply_body, headers = await handler(request, ident)
-        await respond(send, status, reply_body, headers)
-        return route, status
+        return route, await handler(request, ident)
 
     def _route(self, method: str, path: str) -> tuple[str, Handler, Any]:
         parts = path.strip("/").split("/")
@@ -335,10 +346,14 @@ class PartnerApi:
             )
             waits.append((index, self.router.call(shard, command, checked=True)))
         final = True
-        for index, future in waits:
-            reply: Reply = await future
-            final = final and _is_own_outcome(reply)
-            results[index] = BatchResult(index, reply.status, msgspec.Raw(reply.body))
+        try:
+            for index, future in waits:
+                reply: Reply = await future
+                final = final and _is_own_outcome(reply)
+                results[index] = BatchResult(index, reply.status, msgspec.Raw(reply.body))
+        except asyncio.CancelledError:
+            self._abandon_later(request, key, request_hash)
+            raise
         body = JSON.encode(BatchResponse([r for r in results if r is not None]))
         if final:
             await self._complete(request, key, request_hash, 200, body)
@@ -362,6 +377,9 @@ class PartnerApi:
             if prepare is not None:
                 command = await prepare(command)
             reply = await self._dispatch(shard, command)
+        except asyncio.CancelledError:
+            self._abandon_later(request, key, request_hash)
+            raise
         except RedisError as exc:
             await self._abandon(request, key, request_hash)
             raise _redis_down(exc) from exc
@@ -415,6 +433,14 @@ class PartnerApi:
             await self.guard.abandon(request.partner_id, key, request_hash)
         except RedisError as exc:
             log.warning("could not release in-flight key %s (%s); it expires", key, exc)
+
+    def _abandon_later(self, request: _Request, key: str, request_hash: str) -> None:
+        """Free the key of a request cut short by its timeout, without delaying its 503:
+        its command may still commit (then a retry with the key is answered from the
+        shard's durable record) or not (then the retry runs it)."""
+        task = asyncio.create_task(self._abandon(request, key, request_hash))
+        self._releases.add(task)  # a reference until done (asyncio holds weak ones)
+        task.add_done_callback(self._releases.discard)
 
     def _queue(self, shard: int, command: Command) -> asyncio.Future[Reply]:
         try:

@@ -22,7 +22,9 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 log = logging.getLogger("lendcore.redis_batch")
 
@@ -79,8 +81,13 @@ class ScriptBatcher:
                 retried = await self._execute([calls[i] for i in missing])
                 for i, result in zip(missing, retried, strict=True):
                     results[i] = result
-        except (aioredis.RedisError, OSError) as exc:
+        except aioredis.RedisError as exc:
             _fail(calls, exc)
+            return
+        except OSError as exc:  # TimeoutError included: the pipeline's own deadline
+            # Callers handle RedisError (503 unavailable); to them this is Redis failing too.
+            error = RedisTimeoutError if isinstance(exc, TimeoutError) else RedisConnectionError
+            _fail(calls, error(f"Redis pipeline failed: {type(exc).__name__}: {exc}"))
             return
         except Exception as exc:  # a bug: its callers get the error, never a hang
             log.exception("Redis pipeline of %d calls failed", len(calls))

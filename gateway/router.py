@@ -98,10 +98,15 @@ class HostChannel:
             # One yield so that requests arriving in the same tick share this call.
             await asyncio.sleep(0)
             take = min(self._items_max, len(self._queue))
-            if take == 0:
+            # A command whose request timed out (its future cancelled) is not sent: the
+            # partner was answered 503 and retries it under the same key.
+            items = [
+                item for item in (self._queue.popleft() for _ in range(take))
+                if not item.future.done()
+            ]
+            if not items:
                 self._slots.release()
                 continue
-            items = [self._queue.popleft() for _ in range(take)]
             task = asyncio.create_task(self._call(items))
             self._calls.add(task)  # keep a reference until done (asyncio holds weak ones)
             task.add_done_callback(self._calls.discard)
@@ -141,6 +146,8 @@ class HostChannel:
             self._slots.release()
 
     def _retry(self, item: _Pending) -> None:
+        if item.future.done():
+            return  # its request timed out: nobody waits for it any more
         if time.monotonic() >= item.deadline:
             if not item.future.done():
                 item.future.set_result(

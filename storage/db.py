@@ -6,6 +6,13 @@ import asyncpg
 
 COMMAND_TIMEOUT_S = 30
 
+# What a Postgres that is restarting, failing over or unreachable raises: the caller waits
+# and retries (503 with Retry-After), it is not a bug.
+DATABASE_DOWN = (
+    asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
+    asyncpg.exceptions.OperatorInterventionError, OSError, TimeoutError,
+)
+
 
 async def _keep_session(_: asyncpg.Connection) -> None:
     """asyncpg's default release runs RESET ALL & co., a round trip per use. Our code sets

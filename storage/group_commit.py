@@ -24,6 +24,7 @@ of its own: its lines go by COPY, and it is large enough to pay its own round tr
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import deque
 from collections.abc import AsyncIterator
@@ -39,7 +40,7 @@ log = logging.getLogger("lendcore.group_commit")
 # Errors after which the outcome of a statement is unknown (the connection broke, the server
 # went away or cancelled, a timeout): its connection is not reused, its shards reload.
 UNKNOWN_OUTCOME_ERRORS = (
-    asyncpg.InterfaceError, asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError, asyncpg.InternalClientError, asyncpg.PostgresConnectionError,
     asyncpg.exceptions.OperatorInterventionError, OSError, asyncio.TimeoutError,
 )
 
@@ -86,7 +87,8 @@ class GroupCommitter:
         await asyncio.gather(*self._commits, return_exceptions=True)
         idle, self._idle = self._idle, []
         for conn in idle:
-            await self.store.pool.release(conn)
+            with contextlib.suppress(asyncpg.InterfaceError):  # Postgres closed it already
+                await self.store.pool.release(conn)
 
     async def _pump(self) -> None:
         while True:
@@ -107,26 +109,29 @@ class GroupCommitter:
 
     async def _commit_group(self, group: list[_Waiting]) -> None:
         conn: asyncpg.Connection | None = None
+        reusable = False
         try:
             conn = await self._connection()
             await self._commit_on(conn, group)
+            reusable = True
         except UNKNOWN_OUTCOME_ERRORS as exc:
-            if conn is not None:
-                conn.terminate()  # after an unknown failure it is not to be reused
-                await self.store.pool.release(conn)
-                conn = None
-            _fail(group, exc)
+            _fail(group, exc)  # first: nothing below may keep a shard waiting
         except asyncio.CancelledError:
             # the loop is going away: to the shards, an unknown outcome (they reload)
             _fail(group, ConnectionAbortedError("group commit cancelled"))
             raise
         except Exception as exc:  # a bug: its shards get the error, never a hang
-            log.exception("group commit of %d batches failed", len(group))
             _fail(group, exc)
+            log.exception("group commit of %d batches failed", len(group))
         finally:
-            if conn is not None:
-                self._idle.append(conn)
             self._slots.release()
+            if conn is not None:
+                if reusable:
+                    self._idle.append(conn)
+                else:
+                    # After any failure its protocol state is unknown (an operation may
+                    # still be in progress): never hand it to the next group.
+                    await _discard(self.store.pool, conn)
 
     async def _connection(self) -> asyncpg.Connection:
         """A kept connection that is still open (Postgres may have dropped it while it was
@@ -138,7 +143,7 @@ class GroupCommitter:
                     return conn
             except asyncpg.InterfaceError:
                 continue  # the pool took it back already, when Postgres closed it
-            await self.store.pool.release(conn)
+            await _discard(self.store.pool, conn)
         return await self.store.pool.acquire()
 
     async def _commit_on(self, conn: asyncpg.Connection, group: list[_Waiting]) -> None:
@@ -184,10 +189,20 @@ async def pooled(pool: asyncpg.Pool) -> AsyncIterator[asyncpg.Connection]:
     conn = await pool.acquire()
     try:
         yield conn
-    except UNKNOWN_OUTCOME_ERRORS:
-        conn.terminate()
+    except BaseException:
+        # Whatever failed, the connection's state is unknown: it is not reused.
+        await _discard(pool, conn)
         raise
-    finally:
+    await pool.release(conn)
+
+
+async def _discard(pool: asyncpg.Pool, conn: asyncpg.Connection) -> None:
+    """Close a connection whose state is unknown and give its slot back to the pool. When
+    Postgres closed it, asyncpg has already taken it back (the proxy is detached and
+    refuses every call): there is nothing left to do then."""
+    with contextlib.suppress(asyncpg.InterfaceError):
+        conn.terminate()
+    with contextlib.suppress(asyncpg.InterfaceError):
         await pool.release(conn)
 
 
