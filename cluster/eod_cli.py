@@ -16,10 +16,20 @@ from typing import Any
 
 import httpx
 
-DEV_ADMIN_TOKEN = "dev-admin-token-change-me"  # config/default.toml's dev admin
+from cluster.config import load_settings
+
 POLL_S = 0.5
 BAR_WIDTH = 30
 RUN_TIMEOUT_S = 3600.0
+
+
+def configured_admin_token() -> str:
+    """The token of the first admin in the configuration (config/default.toml: the dev
+    admin): the code holds no token of its own."""
+    for operator in load_settings().operators:
+        if "admin" in operator.roles:
+            return operator.token
+    raise SystemExit("no admin operator configured: pass --token or set LENDCORE_OPS_TOKEN")
 
 
 def progress_line(status: dict[str, Any]) -> str:
@@ -84,7 +94,7 @@ def run(ops_url: str, token: str, business_date: str | None = None) -> int:
 
 
 def main(ops_url: str, token: str | None, business_date: str | None) -> int:
-    token = token or os.environ.get("LENDCORE_OPS_TOKEN") or DEV_ADMIN_TOKEN
+    token = token or os.environ.get("LENDCORE_OPS_TOKEN") or configured_admin_token()
     start = time.monotonic()
     code = run(ops_url.rstrip("/"), token, business_date)
     print(f"({time.monotonic() - start:.1f} s)", file=sys.stderr)

@@ -12,13 +12,13 @@ import sys
 
 import httpx
 
-from cluster.eod_cli import DEV_ADMIN_TOKEN
+from cluster.eod_cli import configured_admin_token
 
 SEED_TIMEOUT_S = 3600.0
 
 
 def main(ops_url: str, token: str | None, loans: int) -> int:
-    token = token or os.environ.get("LENDCORE_OPS_TOKEN") or DEV_ADMIN_TOKEN
+    token = token or os.environ.get("LENDCORE_OPS_TOKEN") or configured_admin_token()
     try:
         response = httpx.post(
             f"{ops_url.rstrip('/')}/ops/seed", json={"loans": loans},

@@ -18,10 +18,10 @@ from collections.abc import Sequence
 
 import httpx
 
+from cluster.config import load_partner_secrets, load_settings
 from gateway.signing import signed_headers
 
 DEV_PARTNER = "demo"
-DEV_SECRET = "demo-secret-change-me"  # development config only (API.md); never a real secret
 DEV_BASE_URL = "http://127.0.0.1:8080"
 EXEC_TIMEOUT_S = 30.0
 
@@ -36,9 +36,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     idempotency_key = args.idempotency_key
     if idempotency_key is None and method == "POST":
         idempotency_key = str(uuid.uuid4())
+    secret = args.secret.encode("utf-8") if args.secret else configured_secret(args.partner)
     headers = signed_headers(
         args.partner,
-        args.secret.encode("utf-8"),
+        secret,
         method,
         path,
         body,
@@ -51,6 +52,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _execute(method, url, headers, body)
     print(curl_command(method, url, headers, body))
     return 0
+
+
+def configured_secret(partner: str) -> bytes:
+    """The partner's secret as the gateway loads it (partners file, then the environment's
+    LENDCORE_PARTNER_SECRET_<ID>): the code holds no secret of its own."""
+    settings = load_settings()
+    secrets = load_partner_secrets(settings.resolve_path(settings.paths.partners_file))
+    if partner not in secrets:
+        raise SystemExit(f"partner {partner!r} is not configured: pass --secret")
+    return secrets[partner]
 
 
 def curl_command(method: str, url: str, headers: dict[str, str], body: bytes) -> str:
@@ -70,7 +81,8 @@ def _parser() -> argparse.ArgumentParser:
         description="Print a signed curl command for the partner API (valid for 300 s).",
     )
     parser.add_argument("--partner", default=DEV_PARTNER)
-    parser.add_argument("--secret", default=DEV_SECRET)
+    parser.add_argument("--secret", default=None,
+                        help="default: the partner's secret from the configuration")
     parser.add_argument("--base", default=DEV_BASE_URL)
     parser.add_argument(
         "--idempotency-key",

@@ -1,13 +1,14 @@
 """Post-loan collections (贷后催收) on the operator port: queues, cases, and what collectors do.
 
-- Reads (every role): the queues and cases come from Postgres (`collection_cases`, through
+- Reads: the queues and cases come from Postgres (`collection_cases`, through
   partial indexes on open cases) and never touch the shards; so do the end-of-day connector
   requests (SMS reminders, withholdings) and the summary.
 - Writes go to the case's shard as a CaseAction command, which applies it and writes the
-  case, its event and (for a contact) the contact-log row in one commit: assign (role
-  operator, the collections team lead), note, contact with its outcome, promise to pay
-  (role collector on the cases assigned to them, or operator on any case).
-- `POST /ops/outbox/drain` (admin) sends the pending connector requests now (end of day
+  case, its event and (for a contact) the contact-log row in one commit: assign (the
+  collections team lead, role operator), note, contact with its outcome, promise to pay (a
+  collector on the cases assigned to them, checked by the shard; the lead on any case).
+- Who may call which route is gateway/ops_access.py's table, checked before this desk runs.
+- `POST /ops/outbox/drain` sends the pending connector requests now (end of day
   starts a drain by itself once the date has advanced).
 """
 
@@ -20,9 +21,10 @@ from typing import Annotated, Any
 import asyncpg
 import msgspec
 
-from gateway.http import JSON, HttpError, Receive, Scope, choice_param, query_params
+from gateway.http import JSON, HttpError, Receive, Scope
 from gateway.ops_api import Operator, _bounded_int, decode_ops_body, read_ops_body
 from gateway.router import Overloaded, ShardRouter
+from gateway.validation import ascii_int, choice_param, query_params
 from lending import collections as coll
 from lending.commands import CaseAction, ErrorBody, Reply
 from lending.shard_state import REQUEST_SMS, REQUEST_WITHHOLDING, shard_of_id
@@ -37,12 +39,14 @@ EVENTS_MAX = 500  # most recent events shown with a case
 CASE_STATUSES = (coll.CASE_OPEN, coll.CASE_CLOSED)
 REQUEST_KINDS = (REQUEST_SMS, REQUEST_WITHHOLDING)
 REQUEST_STATUSES = ("pending", "sent", "succeeded", "failed")
-LEAD_ROLES = frozenset({"operator", "admin"})
+LEAD_ROLES = frozenset({"operator", "admin"})  # may act on any case, not only their own
+INT4_MAX = 2**31 - 1
 
-Authorise = Callable[[Scope, str], Operator]
 Drain = Callable[[], Awaitable[dict[str, dict[str, int]]]]
 
 Text = Annotated[str, msgspec.Meta(max_length=coll.NOTE_MAX_CHARS)]
+# Bounded at the edge like every amount (fen): the command must fit the shard's msgpack.
+Amount = Annotated[int, msgspec.Meta(ge=1, le=10**12)]
 
 
 class AssignIn(msgspec.Struct, forbid_unknown_fields=True):
@@ -60,7 +64,7 @@ class ContactIn(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class PromiseIn(msgspec.Struct, forbid_unknown_fields=True):
-    amount: int
+    amount: Amount
     promised_on: date
 
 
@@ -105,29 +109,25 @@ class CollectionsDesk:
                 or path in (REQUESTS_PATH, DRAIN_PATH))
 
     async def handle(
-        self, scope: Scope, receive: Receive, authorise: Authorise
+        self, scope: Scope, receive: Receive, operator: Operator
     ) -> tuple[str, bytes]:
+        """A request whose route and roles gateway/ops_access.py has already checked."""
         method, path = scope["method"], scope["path"]
         if path == DRAIN_PATH and method == "POST":
-            authorise(scope, "admin")
             return "outbox.drain", JSON.encode({"sent": await self.drain()})
         if path == REQUESTS_PATH and method == "GET":
-            authorise(scope, "viewer")
             return "connector_requests", JSON.encode(await self._requests(scope))
         parts = path.strip("/").split("/")[2:]  # after ops, collections
         match (method, *parts):
             case ("GET", "cases"):
-                authorise(scope, "viewer")
                 return "collections.cases", JSON.encode(await self._queue(scope))
             case ("GET", "summary"):
-                authorise(scope, "viewer")
                 return "collections.summary", JSON.encode(await self._summary())
             case ("GET", "cases", case_id):
-                authorise(scope, "viewer")
                 return "collections.case", JSON.encode(await self._case(case_id))
             case ("POST", "cases", case_id, action):
                 return f"collections.{action}", await self._act(
-                    scope, receive, authorise, case_id, action)
+                    scope, receive, operator, case_id, action)
         raise HttpError(404, "not_found", f"no route {method} {path}")
 
     # ---- reads ----------------------------------------------------------------------------
@@ -232,14 +232,9 @@ class CollectionsDesk:
     # ---- writes (through the case's shard) -----------------------------------------------
 
     async def _act(
-        self, scope: Scope, receive: Receive, authorise: Authorise, case_id: str, action: str
+        self, scope: Scope, receive: Receive, operator: Operator, case_id: str, action: str
     ) -> bytes:
-        operator = authorise(scope, "viewer")
         lead = bool(operator.roles & LEAD_ROLES)
-        if action == "assign" and not lead:
-            raise HttpError(403, "forbidden", "role operator required to assign cases")
-        if not (lead or "collector" in operator.roles):
-            raise HttpError(403, "forbidden", "role collector or operator required")
         command = _command(action, await read_ops_body(scope, receive), case_id,
                            operator.name, lead)
         shard = shard_of_id("case", case_id)
@@ -278,11 +273,12 @@ def _command(action: str, raw: bytes, case_id: str, actor: str, lead: bool) -> C
 def _cursor(value: str) -> tuple[int | None, str]:
     if not value:
         return None, ""
-    dpd, _, case_id = value.partition(":")
-    if not (dpd.isascii() and dpd.isdigit()) or not case_id:
+    dpd_text, _, case_id = value.partition(":")
+    dpd = ascii_int(dpd_text, INT4_MAX)  # compared with an int column
+    if dpd is None or not case_id:
         raise HttpError(400, "invalid_request", "after must be <dpd>:<case_id> (next_after)",
                         "after")
-    return int(dpd), case_id
+    return dpd, case_id
 
 
 def _date_param(value: str | None, name: str) -> date | None:

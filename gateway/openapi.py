@@ -8,6 +8,7 @@ from typing import Any
 import msgspec
 
 from gateway.collections_desk import AssignIn, ContactIn, NoteIn, PromiseIn
+from gateway.ops_access import OPS_ROUTES, ROLES
 from gateway.ops_api import BlacklistIn
 from gateway.partner_api import BatchResponse
 from gateway.reviews import ClaimView, ReleaseView, ReviewDecisionIn, ReviewPage
@@ -352,7 +353,7 @@ def _daily_summary_operation() -> dict[str, Any]:
         "404 until that date's end of day built it",
         "DailySummary",
         (("business_date", "a closed business date, YYYY-MM-DD"),
-         ("book", "a book (e.g. own); absent: all books summed; unknown: 400")),
+         ("book", "a book (e.g. own); absent: all books summed; unknown: 404")),
         errors=(400, 401, 404))
     op["parameters"][0]["required"] = True  # business_date
     return op
@@ -387,7 +388,7 @@ def build_openapi() -> bytes:
     )
     _annotate(components)
     plain = {"responses": {"200": {"description": "OK"}}}
-    doc = {
+    doc: dict[str, Any] = {
         "openapi": "3.1.0",
         "info": {"title": "lendcore partner and operator API", "version": "1"},
         "paths": {
@@ -425,15 +426,17 @@ def build_openapi() -> bytes:
                 "Current business date", "BusinessDate")},
             "/ops/ledger/trial-balance": {"get": _ops_operation(
                 "Trial balance, one book or all", "TrialBalance",
-                (("book", "a book (e.g. own); absent: all books summed"),))},
+                (("book", "a book (e.g. own); absent: all books summed; unknown: 404"),),
+                errors=(400, 401, 404))},
             "/ops/ledger/daily-summary": {"get": _daily_summary_operation()},
             "/ops/ledger/reconciliation": {"get": _ops_operation(
                 "Reconciliation of every loan's state against its journal (reads every loan "
                 "and sums the journal per shard: use ?shard= on large books)",
                 "Reconciliation",
-                (("book", "only loans and journal lines of this book; absent: all books"),
+                (("book", "only loans and journal lines of this book; absent: all books; "
+                          "unknown: 404"),
                  ("shard", "one logical shard 0..logical_shards-1; absent: all shards")),
-                errors=(400, 401))},
+                errors=(400, 401, 404))},
             "/ops/cluster": {"get": _ops_operation("Nodes, shard map, queues, restarts")},
             "/ops/eod": {
                 "get": _ops_operation(
@@ -552,4 +555,19 @@ def build_openapi() -> bytes:
             },
         },
     }
+    _document_roles(doc["paths"])
     return msgspec.json.encode(doc)
+
+
+def _document_roles(paths: dict[str, Any]) -> None:
+    """Each operator route's roles, from the one table that enforces them
+    (gateway/ops_access.py): in `x-roles`, in the description, and a 403 answer where some
+    role is refused."""
+    for route in OPS_ROUTES:
+        operation = paths[route.pattern.replace("*}", "}")][route.method.lower()]
+        roles = [role for role in ROLES if role in route.roles]
+        operation["x-roles"] = roles
+        operation["description"] = f"Roles: {', '.join(roles)}."
+        if len(roles) < len(ROLES):
+            operation["responses"]["403"] = {
+                "description": "forbidden: none of the roles", **_json(_ref("ErrorBody"))}

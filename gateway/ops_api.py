@@ -29,17 +29,17 @@ from gateway.http import (
     Receive,
     Scope,
     Send,
-    choice_param,
+    answers_bugs_with_the_envelope,
     header_map,
-    invalid,
     lifespan,
-    query_params,
     read_body,
     respond,
     respond_error,
 )
+from gateway.ops_access import ADMIN, ROLES, OpsRoute, may_call, route_for
 from gateway.partner_api import LATENCY, REQUESTS
 from gateway.pii import PiiVault
+from gateway.validation import ascii_int, choice_param, decode_json, path_param, query_params
 from lending.chart import Chart
 from lending.shard_state import shard_of_id
 from storage import audit, cluster_store, gl_summary
@@ -85,11 +85,9 @@ async def read_ops_body(scope: Scope, receive: Receive) -> bytes:
 
 
 def decode_ops_body(decoder: msgspec.json.Decoder[T], raw: bytes) -> T:
-    """Strict decode of an operator body: 400 invalid_request naming the field."""
-    try:
-        return decoder.decode(raw)
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-        raise invalid(exc) from exc
+    """Strict decode of an operator body: 400 invalid_request naming the field (the
+    partner API's rules: gateway/validation.py)."""
+    return decode_json(decoder, raw)
 
 
 class EodIn(msgspec.Struct, forbid_unknown_fields=True):
@@ -100,7 +98,6 @@ _EOD_IN = msgspec.json.Decoder(EodIn)
 
 log = logging.getLogger("lendcore.ops")
 
-ROLES = ("viewer", "operator", "risk_officer", "collector", "admin")
 APPLICATIONS_PREFIX = "/ops/applications/"
 OPS_BODY_MAX_BYTES = 65536
 BLACKLIST_LIST_MAX = 1000
@@ -138,10 +135,10 @@ def common_endpoints(
         if scope["method"] != "GET":
             return False
         path = scope["path"]
-            # Not ready: 503 with the failing checks (gateway.readiness), no auth needed.
         if path == "/healthz":
             await respond(send, 200, b'{"status":"ok"}')
         elif path == "/readyz":
+            # Not ready: 503 with the failing checks (gateway.readiness), no auth needed.
             ready = is_ready()
             headers = [] if ready else [(b"retry-after", b"1")]
             await respond(send, 200 if ready else 503, readiness_body(), headers)
@@ -186,6 +183,7 @@ class OpsApi:
         self.cluster_view = cluster_view
         self.common = common
 
+    @answers_bugs_with_the_envelope
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
             await lifespan(receive, send)
@@ -212,17 +210,22 @@ class OpsApi:
             REQUESTS.labels("ops", route, str(status)).inc()
             LATENCY.labels("ops", route).observe(time.perf_counter() - started)
 
-    def _authorise(self, scope: Scope, role: str) -> Operator:
+    def _authorise(self, scope: Scope, route: OpsRoute) -> Operator:
+        """The operator of the bearer token (401), if one of its roles may call `route`
+        (403): the one place roles are checked (gateway/ops_access.py)."""
+        operator = self._authenticate(scope)
+        if not may_call(operator.roles, route):
+            needed = ", ".join(sorted(route.roles - {ADMIN})) or ADMIN
+            raise HttpError(403, "forbidden", f"this needs one of the roles: {needed}")
+        return operator
+
+    def _authenticate(self, scope: Scope) -> Operator:
         header = header_map(scope).get("authorization", "")
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token:
             raise HttpError(401, "unauthenticated", "Authorization: Bearer <token> required")
         for operator in self.operators:
             if hmac.compare_digest(operator.token.encode(), token.encode()):
-                # Every role may read (viewer); admin may do everything.
-                granted = operator.roles | {"viewer"}
-                if role not in granted and "admin" not in operator.roles:
-                    raise HttpError(403, "forbidden", f"role {role} required")
                 return operator
         raise HttpError(401, "unauthenticated", "unknown token")
 
@@ -231,11 +234,11 @@ class OpsApi:
         count = await cluster_store.logical_shards(self.pool)
         if requested is None:
             return list(range(count))
-        # isascii: str.isdigit() also accepts "²" or "٣", which int() rejects or reads.
-        if not (requested.isascii() and requested.isdigit()) or int(requested) >= count:
+        shard = ascii_int(requested, count - 1)
+        if shard is None:
             raise HttpError(400, "invalid_request", f"shard must be an integer in 0..{count - 1}",
                             "shard")
-        return [int(requested)]
+        return [shard]
 
     async def _application(self, path: str) -> dict[str, Any]:
         """An application with its decision trace: which rule-set versions ran, which rules
@@ -251,45 +254,42 @@ class OpsApi:
 
     async def _handle(self, scope: Scope, receive: Receive) -> tuple[str, bytes]:
         method, path = scope["method"], scope["path"]
+        route = route_for(method, path)
+        if route is None:
+            raise HttpError(404, "not_found", f"no route {method} {path}")
+        operator = self._authorise(scope, route)
         if path == "/ops/blacklist" or path.startswith("/ops/blacklist/"):
-            return await self._blacklist(scope, receive, method, path)
+            return await self._blacklist(scope, receive, operator, method, path)
         if self.reviews.owns(path):
-            return await self.reviews.handle(scope, receive, self._authorise)
+            return await self.reviews.handle(scope, receive, operator)
         if self.collections.owns(path):
-            return await self.collections.handle(scope, receive, self._authorise)
+            return await self.collections.handle(scope, receive, operator)
         if path == "/ops/eod":
-            return await self._eod(scope, receive, method)
+            return await self._eod(scope, receive, operator, method)
         if path == "/ops/seed" and method == "POST":
-            return await self._seed(scope, receive)
+            return await self._seed(scope, receive, operator)
         if method != "GET":
             raise HttpError(404, "not_found", f"no route {method} {path}")
         query = query_params(scope)
         if path == "/ops/business-date":
-            self._authorise(scope, "viewer")
             value = await cluster_store.business_date(self.pool)
             return "business_date", JSON.encode({"business_date": value.isoformat()})
         if path == "/ops/ledger/trial-balance":
-            self._authorise(scope, "viewer")
-            book = query.get("book", [None])[0] or None
+            book = await self._book(query)
             report = await cluster_store.trial_balance(self.pool, self.chart, book)
             return "trial_balance", JSON.encode(report)
         if path == "/ops/ledger/daily-summary":
-            self._authorise(scope, "viewer")
             return "daily_summary", JSON.encode(await self._daily_summary(query))
         if path == "/ops/ledger/reconciliation":
-            self._authorise(scope, "viewer")
-            book = query.get("book", [None])[0] or None
+            book = await self._book(query)
             shards = await self._shards(query.get("shard", [None])[0])
             report = await cluster_store.reconciliation(self.pool, self.chart, book, shards)
             return "reconciliation", JSON.encode(report)
         if path == "/ops/cluster":
-            self._authorise(scope, "viewer")
             return "cluster", JSON.encode(await self.cluster_view())
         if path.startswith(APPLICATIONS_PREFIX):
-            self._authorise(scope, "viewer")
             return "application", JSON.encode(await self._application(path))
         if path == "/ops/audit":
-            self._authorise(scope, "viewer")
             target = query.get("target", [""])[0]
             if not target:
                 raise HttpError(400, "invalid_request", "target is required", "target")
@@ -305,29 +305,35 @@ class OpsApi:
         if day is None:
             raise HttpError(400, "invalid_request", "business_date must be a YYYY-MM-DD date",
                             "business_date")
-        book = query.get("book", [None])[0] or None
-        if book is not None:
-            books = await gl_summary.known_books(self.pool)
-            if book not in books:
-                raise HttpError(400, "invalid_request",
-                                f"unknown book {book!r}; books: {', '.join(books)}", "book")
+        book = await self._book(query)
         if not await gl_summary.is_built(self.pool, day):
             raise HttpError(404, "not_found",
                             f"no daily GL summary of {day}: end of day builds it once the "
                             "date is closed", "business_date")
         return await gl_summary.daily_summary(self.pool, self.chart, book, day)
 
-    # ---- end of day (admin runs, every role watches) ------------------------------------
+    async def _book(self, query: dict[str, list[str]]) -> str | None:
+        """`?book=` of a ledger report: None (all books) when absent or blank; a book that is
+        neither defined nor posted to is 404, not an empty (hence balanced) report."""
+        book = query.get("book", [None])[0] or None
+        if book is not None:
+            books = await gl_summary.known_books(self.pool)
+            if book not in books:
+                raise HttpError(404, "not_found",
+                                f"no book {book!r}; books: {', '.join(books)}", "book")
+        return book
 
-    async def _eod(self, scope: Scope, receive: Receive, method: str) -> tuple[str, bytes]:
+    # ---- end of day (admin runs, viewers watch) -----------------------------------------
+
+    async def _eod(
+        self, scope: Scope, receive: Receive, operator: Operator, method: str
+    ) -> tuple[str, bytes]:
         if method == "GET":
-            self._authorise(scope, "viewer")
             status = await self.eod.status()
             status["schedule"] = self.eod_schedule()
             return "eod_status", JSON.encode(status)
         if method != "POST":
             raise HttpError(404, "not_found", f"no route {method} /ops/eod")
-        operator = self._authorise(scope, "admin")
         raw = await read_ops_body(scope, receive)
         requested = None
         if raw.strip():
@@ -347,8 +353,9 @@ class OpsApi:
 
     # ---- seeding (admin only: an operator's bulk tool for benchmarks and demos) ----------
 
-    async def _seed(self, scope: Scope, receive: Receive) -> tuple[str, bytes]:
-        operator = self._authorise(scope, "admin")
+    async def _seed(
+        self, scope: Scope, receive: Receive, operator: Operator
+    ) -> tuple[str, bytes]:
         body = decode_ops_body(_SEED_IN, await read_ops_body(scope, receive))
         if isinstance(body.loans, bool) or not isinstance(body.loans, int):
             raise HttpError(400, "invalid_request", "loans must be an integer", "loans")
@@ -363,13 +370,12 @@ class OpsApi:
                             retry_after_s=5) from exc
         return "seed", JSON.encode(result)
 
-    # ---- blacklists (risk_officer writes, every role reads; each write audited) ----------
+    # ---- blacklists (risk officers; each write audited) ----------------------------------
 
     async def _blacklist(
-        self, scope: Scope, receive: Receive, method: str, path: str
+        self, scope: Scope, receive: Receive, operator: Operator, method: str, path: str
     ) -> tuple[str, bytes]:
         if path == "/ops/blacklist" and method == "GET":
-            self._authorise(scope, "viewer")
             query = query_params(scope)
             kind = choice_param(query, "kind", BLACKLIST_KINDS)
             limit = _bounded_int(query.get("limit", [None])[0], "limit",
@@ -378,7 +384,6 @@ class OpsApi:
             return "blacklist_list", JSON.encode(
                 {"entries": [e.masked() for e in entries], "total": total})
         if path == "/ops/blacklist" and method == "POST":
-            operator = self._authorise(scope, "risk_officer")
             body = decode_ops_body(_BLACKLIST_IN, await read_ops_body(scope, receive))
             if not body.reason.strip():
                 raise HttpError(400, "invalid_request", "reason must not be blank", "reason")
@@ -387,8 +392,9 @@ class OpsApi:
                 body.kind, value_hash, body.reason, operator.name)
             return "blacklist_add", JSON.encode({"created": created, "entry": entry.masked()})
         if path.startswith("/ops/blacklist/") and method == "DELETE":
-            operator = self._authorise(scope, "risk_officer")
             kind, _, value = path[len("/ops/blacklist/"):].partition("/")
+            path_param(kind, "kind")
+            path_param(value, "value")
             if not value:
                 raise HttpError(400, "invalid_request", "DELETE /ops/blacklist/{kind}/{value}",
                                 "value")
@@ -419,8 +425,8 @@ def _iso_date(value: Any) -> date:
 def _bounded_int(text: str | None, field: str, default: int, maximum: int) -> int:
     if text is None:
         return default
-    # isascii: str.isdigit() also accepts "²" or "٣", which int() rejects or reads.
-    if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= maximum:
+    value = ascii_int(text, maximum)
+    if value is None or value < 1:
         raise HttpError(400, "invalid_request", f"{field} must be an integer in 1..{maximum}",
                         field)
-    return int(text)
+    return value

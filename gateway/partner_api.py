@@ -27,8 +27,8 @@ from gateway.http import (
     Receive,
     Scope,
     Send,
+    answers_bugs_with_the_envelope,
     header_map,
-    invalid,
     lifespan,
     read_body,
     respond,
@@ -46,6 +46,7 @@ from gateway.schemas import (
 )
 from gateway.screening import Screener
 from gateway.signing import AuthError, verify_request
+from gateway.validation import check_text, decode_json
 from lending.commands import (
     BookLoan,
     Command,
@@ -146,6 +147,7 @@ class PartnerApi:
         self._releases: set[asyncio.Task[None]] = set()  # keys freed after a timeout
         self.common = common  # /healthz, /readyz, /metrics, /openapi.json
 
+    @answers_bugs_with_the_envelope
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
             await lifespan(receive, send)
@@ -539,7 +541,7 @@ def _idempotency_key(request: _Request) -> str:
             400, "invalid_request", "Idempotency-Key header (1-255 chars) is required on POST",
             "Idempotency-Key",
         )
-    return key
+    return check_text(key, "Idempotency-Key")
 
 
 def _request_hash(request: _Request) -> str:
@@ -549,10 +551,7 @@ def _request_hash(request: _Request) -> str:
 
 
 def _decode(decoder: msgspec.json.Decoder, body: bytes):
-    try:
-        return decoder.decode(body)
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-        raise invalid(exc) from exc
+    return decode_json(decoder, body)  # the gateways' one set of input rules
 
 
 def _check_kind(kind: str, field: str) -> None:

@@ -13,7 +13,8 @@ from gateway.redis_batch import ScriptBatcher
 # KEYS[1] bucket. ARGV[1] rate per s, ARGV[2] burst, ARGV[3] now ms.
 # State {t: tokens, ts: ms of last refill}. Returns {allowed 0|1, retry_after_s as string}
 # (a Lua number would be truncated to an integer reply).
-_TOKEN_BUCKET_LUA = """
+_TOKEN_BUCKET_LUA = (  # nosec B105  # a Lua script (token bucket), not a password
+    """
 local rate_per_ms = tonumber(ARGV[1]) / 1000
 local burst = tonumber(ARGV[2])
 local now_ms = tonumber(ARGV[3])
@@ -38,6 +39,7 @@ redis.call('HSET', KEYS[1], 't', string.format('%.17g', tokens),
 redis.call('PEXPIRE', KEYS[1], math.ceil(burst / rate_per_ms) + 1000)
 return {allowed, string.format('%.17g', retry_after_s)}
 """
+)
 
 
 class RateLimiter:

@@ -185,7 +185,10 @@ BATCH_DECODER = msgspec.msgpack.Decoder(list[Envelope])
 REPLIES_DECODER = msgspec.msgpack.Decoder(list[Reply])
 
 
-class ErrorDetail(msgspec.Struct, frozen=True, omit_defaults=True):
+class ErrorDetail(msgspec.Struct, frozen=True):
+    """API.md "Errors". `field` is always in the body, null when no one field is at fault,
+    so that clients read one shape."""
+
     code: str
     message: str
     field: str | None = None

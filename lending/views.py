@@ -109,6 +109,10 @@ class ApplicationView(msgspec.Struct, frozen=True):
 
 
 class CustomerView(msgspec.Struct, frozen=True):
+    """A customer as ONE partner sees it (several partners may bring the same person):
+    `loan_ids` are that partner's loans only; `credit_limit` and `available_limit` are the
+    customer's shared limit as that partner may use it (`partner_limit`)."""
+
     customer_id: str
     name_masked: str
     id_number_masked: str
@@ -123,6 +127,21 @@ _ENCODER = msgspec.json.Encoder()
 
 def encode(view: msgspec.Struct) -> bytes:
     return _ENCODER.encode(view)
+
+
+def partner_limit(credit_limit: int, used: int, used_by_partner: int) -> tuple[int, int]:
+    """(credit_limit, available_limit) shown to one partner of a customer whose limit is
+    shared by every partner that brought them. `used` is the outstanding principal of all the
+    customer's loans, `used_by_partner` that of the partner's own.
+
+    available: what is left of the shared limit, i.e. what this partner could still book.
+    credit_limit: the partner's own use plus that, never above the customer's limit. So
+    credit_limit − available_limit is the partner's own use (what it can add up from its
+    own loans), and the view does not show what another partner borrowed. With one partner
+    (or none borrowing elsewhere) these are the customer's limit and what is left of it.
+    """
+    available = max(0, credit_limit - used)
+    return min(credit_limit, used_by_partner + available), available
 
 
 def _schedule_item(inst: Installment) -> ScheduleItemView:

@@ -22,7 +22,7 @@ from typing import Any
 import asyncpg
 
 from lending.chart import Chart
-from lending.ledger import OWN_BOOK
+from lending.shard_state import FUNDING_BOOKS
 
 REPORT_KEY = "gl_summary"  # the run report's per-book totals; present once the summary is built
 
@@ -138,9 +138,10 @@ def totals_per_book(rows: Iterable[tuple[str, int, int]]) -> dict[str, dict[str,
 
 
 async def known_books(pool: asyncpg.Pool) -> list[str]:
-    """The lender's own book and every book the ledger has posted to."""
+    """Every book a product can post to (FUNDING_BOOKS: today only the lender's own) and
+    every book the ledger has posted to."""
     rows = await pool.fetch("SELECT DISTINCT book FROM account_balances")
-    return sorted({OWN_BOOK, *(r["book"] for r in rows)})
+    return sorted({*FUNDING_BOOKS.values(), *(r["book"] for r in rows)})
 
 
 async def is_built(pool: asyncpg.Pool, day: date) -> bool:

@@ -115,16 +115,19 @@ def app_body(**kwargs: Any) -> dict[str, Any]:
 def assert_error(
     response: httpx.Response, status: int, code: str, field: str | None = None
 ) -> dict[str, Any]:
-    """API.md "Errors": {"error": {"code", "message", "field"?}}."""
+    """API.md "Errors": {"error": {"code", "message", "field"}}, `field` always there (null
+    when no one field is at fault)."""
     assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/json", response.headers
     body = response.json()
     assert set(body) == {"error"}, body
     error = body["error"]
-    assert set(error) <= {"code", "message", "field"}, error
+    assert set(error) == {"code", "message", "field"}, error
     assert error["code"] == code, error
     assert isinstance(error["message"], str) and error["message"], error
+    assert error["field"] is None or isinstance(error["field"], str), error
     if field is not None:
-        assert error.get("field") == field, error
+        assert error["field"] == field, error
     return error
 
 

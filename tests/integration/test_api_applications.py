@@ -13,7 +13,7 @@ from datetime import date, timedelta
 from typing import Any
 
 import pytest
-from factories import app_body, assert_error, fresh_id, submit, with_bad_check_digit
+from factories import app_body, assert_error, book, fresh_id, submit, with_bad_check_digit
 
 from loadtests.client import PartnerClient
 
@@ -365,6 +365,36 @@ def test_one_person_is_one_customer_across_applications_and_partners(
     assert customer["id_number_masked"] == id_no[:4] + "*" * 10 + id_no[-4:]
     # demo still sees it too
     assert demo.get(f"/v1/customers/{customer_id}").json()["customer_id"] == customer_id
+
+
+def test_a_shared_customer_shows_each_partner_only_what_it_brought(
+    demo: PartnerClient, demo2: PartnerClient
+) -> None:
+    """Issue 12: demo2 must not see demo's loans, nor demo's use of the shared limit. Each
+    partner sees its own loans; credit_limit − available_limit is its own use, and
+    available_limit what is left of the customer's limit (docs/architecture.md "Reads")."""
+    id_no = fresh_id()
+    first = submit(demo, app_body(id_no=id_no, amount=1_000_000))
+    customer_id = first["customer_id"]
+    demo_loan = book(demo, first["application_id"]).json()["loan_id"]
+    via_demo2 = submit(demo2, app_body(id_no=id_no, amount=500_000))
+    assert (via_demo2["customer_id"], via_demo2["status"]) == (customer_id, "approved")
+    limit = via_demo2["decision"]["credit_limit"]  # the customer's limit since this approval
+
+    seen = demo2.get(f"/v1/customers/{customer_id}").json()
+    assert seen["loan_ids"] == []
+    assert seen["available_limit"] == limit - 1_000_000  # what demo2 could still book
+    assert seen["credit_limit"] == seen["available_limit"]  # nothing of demo's use
+    assert demo_loan not in json.dumps(seen)
+
+    demo2_loan = book(demo2, via_demo2["application_id"]).json()["loan_id"]
+    mine, theirs = (client.get(f"/v1/customers/{customer_id}").json()
+                    for client in (demo2, demo))
+    assert mine["loan_ids"] == [demo2_loan]
+    assert theirs["loan_ids"] == [demo_loan]
+    assert mine["available_limit"] == theirs["available_limit"] == limit - 1_500_000
+    assert mine["credit_limit"] - mine["available_limit"] == 500_000
+    assert theirs["credit_limit"] - theirs["available_limit"] == 1_000_000
 
 
 def test_lowercase_x_check_character_is_the_same_person(demo: PartnerClient) -> None:

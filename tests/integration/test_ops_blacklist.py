@@ -132,9 +132,9 @@ def test_writes_need_risk_officer(
                  403, "forbidden")
     # Nothing was written: no row, no audit.
     assert audit_rows(system, f"blacklist:device:{device}") == []
-    # Every role reads.
-    response = ops.get("/ops/blacklist", headers=ops_auth(token))
-    assert response.status_code == 200, response.text
+    # Nor do they read blacklists: that is for risk officers (docs/operations.md).
+    assert_error(ops.get("/ops/blacklist", headers=ops_auth(token)), 403, "forbidden")
+    assert ops.get("/ops/blacklist", headers=ops_auth(RISK_TOKEN)).status_code == 200
 
 
 def test_risk_officer_and_admin_write(ops: httpx.Client, roles: None, system: Any) -> None:
@@ -272,7 +272,7 @@ def test_id_number_entry_add_replace_delete(
 
     # Listed, masked.
     listing = ops.get("/ops/blacklist?kind=id_number&limit=1000",
-                      headers=ops_auth(VIEWER_TOKEN))
+                      headers=ops_auth(RISK_TOKEN))
     assert listing.status_code == 200, listing.text
     assert entry in listing.json()["entries"]
     assert listing.json()["total"] >= 1
