@@ -93,3 +93,31 @@ async def test_a_failing_call_fails_alone(
     ))
     assert sorted(r for r in results if isinstance(r, int)) == [1, 2]
     assert isinstance(results[1], ResponseError) and "WRONGTYPE" in str(results[1])
+
+
+@pytest.mark.asyncio
+async def test_a_redis_that_never_answers_fails_the_calls_as_a_redis_error() -> None:
+    """A stalled Redis (CLIENT PAUSE, a hung network): the pipeline's deadline fails its
+    calls with a RedisError, which the gateway answers 503, not with a bare TimeoutError
+    (a 500). The server here accepts and reads, and never answers."""
+    connections: list[asyncio.StreamWriter] = []
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connections.append(writer)
+        while await reader.read(65536):
+            pass
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    stalled = redis.asyncio.Redis(host="127.0.0.1", port=port, socket_timeout=None)
+    batcher = ScriptBatcher(stalled, timeout_s=0.3)
+    script = stalled.register_script("return 1")
+    try:
+        with pytest.raises(redis.exceptions.TimeoutError):
+            await within(batcher.run(script, ["k"], []))
+    finally:
+        await stalled.aclose()
+        for writer in connections:
+            writer.close()
+        server.close()
+        await server.wait_closed()

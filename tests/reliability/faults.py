@@ -237,12 +237,14 @@ class StreamReport:
 
 
 class RepaymentStream:
-    """`workers` threads, each sending signed repayments of AMOUNT to the loans, one at a
-    time; a request is retried with the SAME idempotency key and body until it gets a
-    definitive answer (anything but 503, 429 and 409 request_in_progress, or no answer)."""
+    """`workers` threads, each sending signed repayments of `amount` fen to the loans, one
+    at a time. 1 fen by default: a loan's first installment then takes tens of thousands
+    before a regular repayment exceeds what is due (422). A request is retried with the
+    SAME idempotency key and body until it gets a definitive answer (anything but 503, 429
+    and 409 request_in_progress, or no answer)."""
 
     def __init__(
-        self, api_url: str, loan_ids: list[str], *, workers: int = 4, amount: int = 100,
+        self, api_url: str, loan_ids: list[str], *, workers: int = 4, amount: int = 1,
         attempt_timeout_s: float = 30.0, retry_pause_s: float = 0.2,
         give_up_after_s: float = 120.0,
     ) -> None:
