@@ -5,6 +5,7 @@ Reports read Postgres (or actor summaries), never the write path.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 import time
@@ -100,6 +101,7 @@ log = logging.getLogger("lendcore.ops")
 
 APPLICATIONS_PREFIX = "/ops/applications/"
 OPS_BODY_MAX_BYTES = 65536
+READ_RETRY_PAUSE_S = 0.05  # before a read runs again after its connection broke
 BLACKLIST_LIST_MAX = 1000
 BLACKLIST_LIST_DEFAULT = 100
 AUDIT_LIST_MAX = 1000
@@ -258,6 +260,21 @@ class OpsApi:
         if route is None:
             raise HttpError(404, "not_found", f"no route {method} {path}")
         operator = self._authorise(scope, route)
+        if method != "GET":
+            return await self._dispatch(scope, receive, operator)
+        try:
+            return await self._dispatch(scope, receive, operator)
+        except DATABASE_DOWN:
+            # A pooled connection that Postgres closed a moment ago (a restart, a failover)
+            # fails its first query; a read is safe to run again, once, on a fresh one.
+            await asyncio.sleep(READ_RETRY_PAUSE_S)
+            return await self._dispatch(scope, receive, operator)
+
+    async def _dispatch(
+        self, scope: Scope, receive: Receive, operator: Operator
+    ) -> tuple[str, bytes]:
+        """The handler of a request whose route and roles have been checked."""
+        method, path = scope["method"], scope["path"]
         if path == "/ops/blacklist" or path.startswith("/ops/blacklist/"):
             return await self._blacklist(scope, receive, operator, method, path)
         if self.reviews.owns(path):

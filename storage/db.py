@@ -9,7 +9,7 @@ COMMAND_TIMEOUT_S = 30
 # What a Postgres that is restarting, failing over or unreachable raises: the caller waits
 # and retries (503 with Retry-After), it is not a bug.
 DATABASE_DOWN = (
-    asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
+    asyncpg.PostgresConnectionError, asyncpg.InterfaceError, asyncpg.InternalClientError,
     asyncpg.exceptions.OperatorInterventionError, OSError, TimeoutError,
 )
 
