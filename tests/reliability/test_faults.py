@@ -157,7 +157,8 @@ def under_load(
         ready_again_s=None if ready_at is None else max(0.0, ready_at - fault_ended),
     )
     print(
-        f"FAULT {name}: sent={report.sent} acknowledged={report.acknowledged} lost={lost} "
+        f"FAULT {name}: fault_s={fault_ended - fault_started:.1f} "
+        f"sent={report.sent} acknowledged={report.acknowledged} lost={lost} "
         f"doubled={doubled} longest_answer_s={report.longest_answer_s:.2f} "
         f"no_http_answer={report.unanswered} serving_again_s={outcome.serving_again_s:.2f} "
         f"not_ready_seen={outcome.not_ready_seen} ready_again_s={outcome.ready_again_s} "
