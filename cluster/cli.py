@@ -7,6 +7,12 @@ import sys
 from contextlib import ExitStack
 from pathlib import Path
 
+CONFIG_HELP = "a TOML file layered over config/default.toml (as for `lendcore up --config`)"
+ADMIN_BEARER_HELP = ("an admin operator's bearer token (default: $LENDCORE_OPS_TOKEN, else the "
+              "configuration's first admin: the dev admin)")
+OPS_URL_HELP = ("the operator API (default: http://127.0.0.1:<ops_port>, the port from "
+                "LENDCORE_OPS_PORT or the configuration, as `lendcore up` serves it)")
+
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
@@ -14,45 +20,8 @@ def main(argv: list[str] | None = None) -> int:
         # `sign` has its own options (--exec, --partner ...): hand them over untouched.
         from cluster.signcurl import main as sign_main
 
-        return sign_main(argv[1:])
-    parser = argparse.ArgumentParser(prog="lendcore", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
-    up = commands.add_parser("up", help="start the whole system")
-    up.add_argument("--config", type=Path, help="a TOML file layered over config/default.toml")
-    sign = commands.add_parser(
-        "sign", help="print (or --exec) a signed partner request; see `lendcore sign -h`",
-        add_help=False,
-    )
-    sign.add_argument("sign_args", nargs="*")
-    test = commands.add_parser("test", help="ruff, mypy, bandit and the whole pytest suite")
-    test.add_argument("pytest_args", nargs="*", help="extra arguments for pytest")
-    bench = commands.add_parser("bench", help="measure the running stack (see loadtests/)")
-    bench.add_argument("--quick", action="store_true", help="a short run, under a minute")
-    bench.add_argument("--config", type=Path)
-    bench.add_argument("--loans", type=int, default=None, help="loans to seed")
-    bench.add_argument("--duration", type=float, default=None, help="seconds per phase")
-    bench.add_argument("--eod", type=int, default=None, metavar="N",
-                       help="instead of the load phases: seed N loans, time one end of day")
-    rules = commands.add_parser("rules", help="risk rules: `lendcore rules check [--dir DIR]`")
-    rules_commands = rules.add_subparsers(dest="rules_command", required=True)
-    rules_check = rules_commands.add_parser(
-        "check", help="validate config/risk (rule sets, scorecard, pricing); path:line errors"
-    )
-    rules_check.add_argument("--dir", type=Path, default=None,
-                             help="risk config directory (default: paths.risk_dir)")
-    eod = commands.add_parser(
-        "eod", help="run end of day through the operator API, with a progress bar")
-    eod.add_argument("--ops-url", default="http://127.0.0.1:8081")
-    eod.add_argument("--token", default=None,
-                     help="an admin token (default: $LENDCORE_OPS_TOKEN, else the dev admin)")
-    eod.add_argument("--business-date", default=None,
-                     help="YYYY-MM-DD: a closed date prints its stored report")
-    seed = commands.add_parser(
-        "seed", help="bulk-create N active loans of partner demo through the operator API")
-    seed.add_argument("--loans", type=int, required=True)
-    seed.add_argument("--ops-url", default="http://127.0.0.1:8081")
-    seed.add_argument("--token", default=None,
-                      help="an admin token (default: $LENDCORE_OPS_TOKEN, else the dev admin)")
+        return sign_main(argv[1:], prog="lendcore sign")
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "up":
         from cluster.up import run
@@ -61,27 +30,99 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "test":
         return run_tests(args.pytest_args)
     if args.command == "bench":
-        if args.eod is not None:
-            from loadtests.bench import run_eod_bench
-
-            return run_eod_bench(args.config, args.eod)
-        from loadtests.bench import run_bench
-
-        return run_bench(args.config, quick=args.quick, loans=args.loans, duration=args.duration)
+        return _bench(args)
     if args.command == "eod":
+        from cluster.eod_cli import EodOptions
         from cluster.eod_cli import main as eod_main
 
-        return eod_main(args.ops_url, args.token, args.business_date)
+        return eod_main(EodOptions(
+            ops_url=args.ops_url, token=args.token, business_date=args.business_date,
+            config_file=args.config, assume_yes=args.yes, as_json=args.json,
+        ))
     if args.command == "seed":
         from cluster.seed_cli import main as seed_main
 
-        return seed_main(args.ops_url, args.token, args.loans)
+        return seed_main(args.ops_url, args.token, args.loans, args.config)
     if args.command == "rules":
         from cluster.rules_cli import run as run_rules
 
         return run_rules(args)
     parser.error(f"unknown command {args.command}")
     return 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Every command and flag of `lendcore` (`sign` parses its own: cluster/signcurl.py)."""
+    parser = argparse.ArgumentParser(prog="lendcore", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    up = commands.add_parser("up", help="start the whole system")
+    up.add_argument("--config", type=Path, metavar="FILE", help=CONFIG_HELP)
+    sign = commands.add_parser(
+        "sign", help="print (or --exec) a signed partner request; see `lendcore sign -h`",
+        add_help=False,
+    )
+    sign.add_argument("sign_args", nargs="*", help="see `lendcore sign -h`")
+    test = commands.add_parser("test", help="ruff, mypy, bandit and the whole pytest suite")
+    test.add_argument("pytest_args", nargs="*", help="extra arguments for pytest")
+    _add_bench(commands)
+    _add_rules(commands)
+    _add_eod(commands)
+    _add_seed(commands)
+    return parser
+
+
+def _add_bench(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    bench = commands.add_parser("bench", help="measure the running stack (see loadtests/)")
+    bench.add_argument("--quick", action="store_true", help="a short run, under a minute")
+    bench.add_argument("--config", type=Path, metavar="FILE", help=CONFIG_HELP)
+    bench.add_argument("--loans", type=int, default=None, help="loans to seed")
+    bench.add_argument("--duration", type=float, default=None, help="seconds per phase")
+    bench.add_argument("--eod", type=int, default=None, metavar="N",
+                       help="instead of the load phases: seed N loans, time one end of day")
+
+
+def _add_rules(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    rules = commands.add_parser("rules", help="risk rules: `lendcore rules check [--dir DIR]`")
+    rules_commands = rules.add_subparsers(dest="rules_command", required=True)
+    rules_check = rules_commands.add_parser(
+        "check", help="validate config/risk (rule sets, scorecard, pricing); path:line errors"
+    )
+    rules_check.add_argument("--dir", type=Path, default=None,
+                             help="risk config directory (default: paths.risk_dir)")
+
+
+def _add_eod(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    eod = commands.add_parser(
+        "eod", help="run end of day through the operator API, with a progress bar")
+    eod.add_argument("--ops-url", default=None, metavar="URL", help=OPS_URL_HELP)
+    eod.add_argument("--token", default=None, help=ADMIN_BEARER_HELP)
+    eod.add_argument("--config", type=Path, default=None, metavar="FILE", help=CONFIG_HELP)
+    eod.add_argument("--business-date", default=None, metavar="YYYY-MM-DD",
+                     help="the current date runs it; a closed date prints its stored report")
+    eod.add_argument("-y", "--yes", action="store_true",
+                     help="do not ask for confirmation (only asked on a terminal)")
+    eod.add_argument("--json", action="store_true",
+                     help="print the whole report as JSON instead of a short summary")
+
+
+def _add_seed(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    seed = commands.add_parser(
+        "seed", help="bulk-create N active loans of partner demo through the operator API")
+    seed.add_argument("--loans", type=int, required=True, metavar="N",
+                      help="how many loans (1..10,000,000); about 5 %% are created overdue")
+    seed.add_argument("--ops-url", default=None, metavar="URL", help=OPS_URL_HELP)
+    seed.add_argument("--token", default=None, help=ADMIN_BEARER_HELP)
+    seed.add_argument("--config", type=Path, default=None, metavar="FILE", help=CONFIG_HELP)
+
+
+def _bench(args: argparse.Namespace) -> int:
+    if args.eod is not None:
+        from loadtests.bench import run_eod_bench
+
+        return run_eod_bench(args.config, args.eod)
+    from loadtests.bench import run_bench
+
+    return run_bench(args.config, quick=args.quick, loans=args.loans, duration=args.duration)
 
 
 # bandit over the code that runs the service (tests and load generators excluded: their

@@ -1,9 +1,12 @@
 """Print (or run) a signed partner API request, for humans poking at a running gateway.
 
-    python -m cluster.signcurl POST /v1/loans '{"application_id": "..."}'
-    python -m cluster.signcurl --exec GET /v1/loans/L-1
+    lendcore sign POST /v1/loans '{"application_id": "..."}'
+    lendcore sign --exec GET /v1/loans/L-1
 
-The signature carries the current time: paste the printed command within 300 s.
+(`python -m cluster.signcurl` is the same command.) The gateway's URL defaults to the one
+`lendcore up` serves with the same settings (LENDCORE_API_PORT, [gateway] in the
+configuration). The signature carries the current time: paste the printed command within
+300 s.
 """
 
 from __future__ import annotations
@@ -15,19 +18,27 @@ import sys
 import time
 import uuid
 from collections.abc import Sequence
+from pathlib import Path
 
 import httpx
 
-from cluster.config import load_partner_secrets, load_settings
+from cluster.cli_common import (
+    PARTNER_API,
+    CommandError,
+    api_base_url,
+    chosen_base_url,
+    load_command_settings,
+    request_failed,
+)
+from cluster.config import Settings, load_partner_secrets
 from gateway.signing import signed_headers
 
 DEV_PARTNER = "demo"
-DEV_BASE_URL = "http://127.0.0.1:8080"
 EXEC_TIMEOUT_S = 30.0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+def main(argv: Sequence[str] | None = None, prog: str = "python -m cluster.signcurl") -> int:
+    args = build_parser(prog).parse_args(argv)
     method = args.method.upper()
     path = args.path
     if not path.startswith("/"):
@@ -36,7 +47,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     idempotency_key = args.idempotency_key
     if idempotency_key is None and method == "POST":
         idempotency_key = str(uuid.uuid4())
-    secret = args.secret.encode("utf-8") if args.secret else configured_secret(args.partner)
+    try:
+        settings = load_command_settings("sign", args.config)
+        base_url = chosen_base_url("sign", args.api_url, api_base_url(settings), PARTNER_API)
+        secret = args.secret.encode("utf-8") if args.secret else configured_secret(
+            settings, args.partner)
+    except CommandError as error:
+        print(error, file=sys.stderr)
+        return error.exit_code
     headers = signed_headers(
         args.partner,
         secret,
@@ -46,21 +64,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         now_s=int(time.time()),
         idempotency_key=idempotency_key,
     )
-    url = args.base.rstrip("/") + path
+    url = base_url + path
     if args.exec:
         _require_wire_path(url, path)
-        return _execute(method, url, headers, body)
+        return _execute(method, url, base_url, headers, body)
     print(curl_command(method, url, headers, body))
     return 0
 
 
-def configured_secret(partner: str) -> bytes:
+def configured_secret(settings: Settings, partner: str) -> bytes:
     """The partner's secret as the gateway loads it (partners file, then the environment's
     LENDCORE_PARTNER_SECRET_<ID>): the code holds no secret of its own."""
-    settings = load_settings()
     secrets = load_partner_secrets(settings.resolve_path(settings.paths.partners_file))
     if partner not in secrets:
-        raise SystemExit(f"partner {partner!r} is not configured: pass --secret")
+        raise CommandError(f"lendcore sign: partner {partner!r} is not configured: pass --secret")
     return secrets[partner]
 
 
@@ -75,15 +92,24 @@ def curl_command(method: str, url: str, headers: dict[str, str], body: bytes) ->
     return " ".join(shlex.quote(part) for part in parts)
 
 
-def _parser() -> argparse.ArgumentParser:
+def build_parser(prog: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m cluster.signcurl",
-        description="Print a signed curl command for the partner API (valid for 300 s).",
+        prog=prog,
+        description="Print a signed curl command for the partner API (valid for 300 s), or "
+                    "send the request with --exec.",
     )
-    parser.add_argument("--partner", default=DEV_PARTNER)
+    parser.add_argument("--partner", default=DEV_PARTNER,
+                        help=f"the partner id to sign as (default: {DEV_PARTNER})")
     parser.add_argument("--secret", default=None,
-                        help="default: the partner's secret from the configuration")
-    parser.add_argument("--base", default=DEV_BASE_URL)
+                        help="the partner's HMAC secret (default: the partner's from the "
+                             "configuration's partners file or LENDCORE_PARTNER_SECRET_<ID>)")
+    parser.add_argument("--api-url", "--base", dest="api_url", default=None, metavar="URL",
+                        help="the partner API (default: http://127.0.0.1:<api_port>, the port "
+                             "from LENDCORE_API_PORT or the configuration, as `lendcore up` "
+                             "serves it)")
+    parser.add_argument("--config", type=Path, default=None, metavar="FILE",
+                        help="a TOML file layered over config/default.toml, as for "
+                             "`lendcore up --config`")
     parser.add_argument(
         "--idempotency-key",
         default=None,
@@ -92,9 +118,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--exec", action="store_true", help="send the request now and print status and body"
     )
-    parser.add_argument("method", metavar="METHOD")
+    parser.add_argument("method", metavar="METHOD", help="GET or POST")
     parser.add_argument("path", metavar="PATH", help="path with query string, e.g. /v1/loans/L-1")
-    parser.add_argument("json_body", metavar="JSON_BODY", nargs="?", default=None)
+    parser.add_argument("json_body", metavar="JSON_BODY", nargs="?", default=None,
+                        help="the request body, sent exactly as typed (it is what is signed)")
     return parser
 
 
@@ -117,11 +144,13 @@ def _require_wire_path(url: str, path: str) -> None:
         raise SystemExit(f"give PATH as it goes on the wire: {wire_path!r}, not {path!r}")
 
 
-def _execute(method: str, url: str, headers: dict[str, str], body: bytes) -> int:
+def _execute(
+    method: str, url: str, base_url: str, headers: dict[str, str], body: bytes
+) -> int:
     try:
         response = httpx.request(method, url, headers=headers, content=body, timeout=EXEC_TIMEOUT_S)
     except httpx.HTTPError as error:
-        print(f"request failed: {error!r}", file=sys.stderr)
+        print(request_failed("sign", base_url, PARTNER_API, error), file=sys.stderr)
         return 2
     print(response.status_code)
     for name in ("Idempotent-Replayed", "Retry-After"):

@@ -2,16 +2,21 @@
 are the partner `demo`'s and readable through the partner API, the books reconcile and
 balance, one end of day closes every one of them; admin only; bounds refused with 400.
 
-On a system of its own: the end of day advances the business date."""
+On a system of its own: the end of day advances the business date. Last, the README tour's
+commands: `lendcore seed` then `lendcore eod`, whose summary shows real numbers."""
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Iterator
 
 import httpx
 import pytest
 from conftest import RunningSystem, fresh_system
-from factories import get_loan, ops_auth, reconciliation, trial_balance
+from factories import ADMIN_TOKEN, get_loan, ops_auth, reconciliation, trial_balance
+
+from cluster import eod_cli, seed_cli
 
 OFFICER_TOKEN = "dev-officer2-token-change-me"  # risk_officer only, not admin
 
@@ -81,3 +86,25 @@ def test_admin_only(ops_client: httpx.Client) -> None:
                            headers=ops_auth("nope")).status_code == 401
     assert ops_client.post("/ops/seed", json={"loans": 1},
                            headers=ops_auth(OFFICER_TOKEN)).status_code == 403
+
+
+def test_the_tour_seeds_then_closes_a_day_with_real_numbers(
+    seed_system: RunningSystem, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`lendcore seed --loans 200` then `lendcore eod --yes` (README tour, steps 9 and 10):
+    the seed's loans stay open and about 5 % are overdue, so the summary counts the loans
+    closed for the day, their interest, and a collection case for each overdue one."""
+    ops_url = seed_system.system.ops_url
+    assert seed_cli.main(ops_url, ADMIN_TOKEN, 200) == 0
+    seeded = json.loads(capsys.readouterr().out)
+    assert seeded["loans"] == 200 and seeded["partner_id"] == "demo"
+    options = eod_cli.EodOptions(ops_url=ops_url, token=ADMIN_TOKEN, assume_yes=True)
+    assert eod_cli.main(options) == 0
+    summary = capsys.readouterr().out
+    processed = re.search(r"loans processed +(\d+); interest accrued ([\d,]+) fen", summary)
+    assert processed is not None, summary
+    assert int(processed.group(1)) >= 200 and processed.group(2) != "0"
+    # P(no overdue loan among 200 seeded at 5 %) = 0.95 ** 200, about 3.5e-5
+    cases = re.search(r"(\d+) cases opened", summary)
+    assert cases is not None and int(cases.group(1)) > 0, summary
+    assert "debits = credits" in summary
