@@ -51,3 +51,13 @@ def ray_cluster() -> Iterator[None]:
     )
     yield
     ray.shutdown()
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """The fault tests' figures (faults.FAULT_LINES), in every run's output."""
+    from faults import FAULT_LINES
+
+    if FAULT_LINES:
+        terminalreporter.section("faults: figures of each fault test")
+        for line in FAULT_LINES:
+            terminalreporter.write_line(line)

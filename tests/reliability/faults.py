@@ -30,6 +30,9 @@ from cluster.services import EmbeddedService, start_embedded_postgres, start_emb
 from loadtests.client import PartnerClient
 
 CHUNK_BYTES = 65536
+# One line of figures per fault test, printed at the end of the pytest run (conftest.py),
+# so that a CI log shows them without -s.
+FAULT_LINES: list[str] = []
 
 
 # ---- the fault proxy ----------------------------------------------------------------------

@@ -34,6 +34,7 @@ import pytest
 import redis
 from factories import new_loan, ops_auth, reconciliation, trial_balance
 from faults import (
+    FAULT_LINES,
     OwnedServices,
     ReadinessSampler,
     RepaymentStream,
@@ -156,16 +157,22 @@ def under_load(
         ),
         ready_again_s=None if ready_at is None else max(0.0, ready_at - fault_ended),
     )
-    print(
+    line = (
         f"FAULT {name}: fault_s={fault_ended - fault_started:.1f} "
         f"sent={report.sent} acknowledged={report.acknowledged} lost={lost} "
         f"doubled={doubled} longest_answer_s={report.longest_answer_s:.2f} "
         f"no_http_answer={report.unanswered} serving_again_s={outcome.serving_again_s:.2f} "
-        f"not_ready_seen={outcome.not_ready_seen} ready_again_s={outcome.ready_again_s} "
+        f"not_ready_seen={outcome.not_ready_seen} ready_again_s={_seconds(outcome.ready_again_s)} "
         f"statuses={report.statuses}"
     )
+    print(line)
+    FAULT_LINES.append(line)
     _check_common(target, outcome, serve_again_s)
     return outcome
+
+
+def _seconds(value: float | None) -> str:
+    return "never" if value is None else f"{value:.2f}"
 
 
 def _check_common(target: Target, outcome: FaultOutcome, serve_again_s: float) -> None:
