@@ -33,6 +33,9 @@ from cluster.outbox import Outbox
 from gateway.antifraud import AntiFraud, Blacklist
 from gateway.collections_desk import CollectionsDesk
 from gateway.connectors import ConnectorRunner
+from gateway.dashboard.app import Dashboard
+from gateway.dashboard.health import QueueLimits
+from gateway.dashboard.sampler import MetricsSampler
 from gateway.guard import RedisGuard
 from gateway.openapi import build_openapi
 from gateway.ops_api import Operator, OpsApi, common_endpoints
@@ -107,6 +110,7 @@ class System:
         self.outbox: Outbox | None = None  # sends what end of day planned (SMS, withholding)
         self._outbox_task: asyncio.Task[Any] | None = None
         self.eod_scheduler: EodScheduler | None = None  # end of day by itself ([eod] schedule_*)
+        self.sampler = MetricsSampler(self.host_stats)  # the dashboard's charts
         self.readiness = Readiness({
             "postgres": self._postgres_problem, "redis": self._redis_problem,
             "shards": self._shards_problem,
@@ -139,6 +143,7 @@ class System:
         self.readiness.start()
         assert self.eod_scheduler is not None
         self.eod_scheduler.start()  # its first firing may run end of day: hosts must serve
+        self.sampler.start()
         self.start_outbox_drain()  # what a crash left pending
 
     def host_config(self, host_id: int, shard_ids: list[int]) -> HostConfig:
@@ -305,6 +310,12 @@ class System:
             seeder=Seeder(pool=self._pool, router=self.router),
             collections=CollectionsDesk(pool=self._pool, router=self.router,
                                         drain=self.outbox.drain),
+            non_accrual_dpd=s.servicing.non_accrual_dpd,
+            write_off_dpd=s.servicing.write_off_dpd,
+        )
+        ops.dashboard = Dashboard(
+            ops=ops, sampler=self.sampler, readiness=self.readiness,
+            limits=QueueLimits(inbox_max=s.shard.inbox_max, pending_max=s.gateway.pending_max),
         )
         for app, host, port in (
             (partner, s.gateway.api_host, s.gateway.api_port),
@@ -369,15 +380,20 @@ class System:
 
     # ---- views ----------------------------------------------------------------------------
 
-    async def cluster_view(self) -> dict[str, Any]:
-        assert self._pool is not None and self.router is not None
-        leases = await cluster_store.shard_leases(self._pool)
-        host_stats: list[Any] = []
+    async def host_stats(self) -> list[dict[str, Any]]:
+        """Each shard host's own stats, or {"error": …} for one that did not answer."""
+        host_stats: list[dict[str, Any]] = []
         for host in self.hosts:
             try:
                 host_stats.append(await asyncio.wait_for(host.stats.remote(), STATS_TIMEOUT_S))
             except (TimeoutError, ray.exceptions.RayActorError) as exc:
                 host_stats.append({"error": f"{type(exc).__name__}"})
+        return host_stats
+
+    async def cluster_view(self) -> dict[str, Any]:
+        assert self._pool is not None and self.router is not None
+        leases = await cluster_store.shard_leases(self._pool)
+        host_stats = await self.host_stats()
         assignment = self.shard_assignment()
         shards = []
         for lease in leases:
@@ -434,6 +450,7 @@ class System:
     async def stop(self) -> None:
         """Drain: stop accepting, let in-flight requests finish, stop hosts, close."""
         await self.readiness.stop()
+        await self.sampler.stop()
         if self.eod_scheduler is not None:
             await self.eod_scheduler.stop()  # first: a scheduled run needs the hosts
         for server in self._servers:

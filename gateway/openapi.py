@@ -539,6 +539,19 @@ def build_openapi() -> bytes:
                        ("created_on", "the business date whose end of day planned them"),
                        ("limit", "1..500, default 50"), ("after", "a request_id")),
                 errors=(400, 401))},
+            "/ops/loans/{loan_id}": {"get": _ops_operation(
+                "A loan from Postgres, not the shard: {loan (the partner's loan view with "
+                "its schedule), partner_id, book, last_closed_on, repayments (newest 200: "
+                "repayment_id, external_ref, kind, amount, value_date, allocation), journal "
+                "{lines (newest 500: entry_id, line_no, business_date, book, cause, kind, "
+                "account, account_name, role, debit, credit), total_lines}}",
+                path_params=("loan_id",), errors=(401, 404))},
+            "/ops/business-summary": {"get": _ops_operation(
+                "The business date's figures (the dashboard's business panel): "
+                "applications by status and reason, loans disbursed, repayments, the "
+                "book's receivable and memo balances, delinquency (open collection cases, "
+                "past the non-accrual and write-off DPD, written-off loans) and the last "
+                "end of day's buckets and five-class classification")},
             "/ops/outbox/drain": {"post": _ops_operation(
                 "Send the pending connector requests now (admin); end of day starts a "
                 "drain by itself", errors=(401, 403))},

@@ -45,11 +45,19 @@ from lending.chart import Chart
 from lending.shard_state import shard_of_id
 from storage import audit, cluster_store, gl_summary
 from storage.applications_store import application_detail
+from storage.business_store import business_summary
 from storage.db import DATABASE_DOWN
+from storage.loans_store import loan_detail
 
 if TYPE_CHECKING:
     from gateway.collections_desk import CollectionsDesk
     from gateway.reviews import ReviewDesk
+
+
+class Dashboard(Protocol):
+    """The operator dashboard served under /dashboard/ (gateway/dashboard/app.py)."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None: ...
 
 
 class EodService(Protocol):
@@ -100,6 +108,8 @@ _EOD_IN = msgspec.json.Decoder(EodIn)
 log = logging.getLogger("lendcore.ops")
 
 APPLICATIONS_PREFIX = "/ops/applications/"
+LOANS_PREFIX = "/ops/loans/"
+DASHBOARD_PREFIX = "/dashboard"
 OPS_BODY_MAX_BYTES = 65536
 READ_RETRY_PAUSE_S = 0.05  # before a read runs again after its connection broke
 BLACKLIST_LIST_MAX = 1000
@@ -171,8 +181,14 @@ class OpsApi:
         eod_schedule: Callable[[], dict[str, Any]],
         seeder: SeedService,
         collections: CollectionsDesk,
+        non_accrual_dpd: int,
+        write_off_dpd: int,
     ) -> None:
         self.eod = eod
+        self.non_accrual_dpd = non_accrual_dpd  # [servicing], for the business summary
+        self.write_off_dpd = write_off_dpd
+        # Served under /dashboard/ when set (System sets it: the dashboard calls back here).
+        self.dashboard: Dashboard | None = None
         self.collections = collections
         self.eod_schedule = eod_schedule  # the daily schedule's view (cluster/eod_schedule.py)
         self.seeder = seeder
@@ -191,6 +207,9 @@ class OpsApi:
             await lifespan(receive, send)
             return
         if scope["type"] != "http" or await self.common(scope, receive, send):
+            return
+        if self.dashboard is not None and _is_dashboard(scope["path"]):
+            await self._serve_dashboard(self.dashboard, scope, receive, send)
             return
         started = time.perf_counter()
         route, status = "unknown", 500
@@ -212,13 +231,32 @@ class OpsApi:
             REQUESTS.labels("ops", route, str(status)).inc()
             LATENCY.labels("ops", route).observe(time.perf_counter() - started)
 
+    async def _serve_dashboard(
+        self, dashboard: Dashboard, scope: Scope, receive: Receive, send: Send
+    ) -> None:
+        """The dashboard's requests, counted in the same metrics as the API's (one route
+        label for all of them: its paths carry ids)."""
+        started = time.perf_counter()
+        status = 500
+        original_send = send
+
+        async def counting_send(message: Any) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await original_send(message)
+
+        try:
+            await dashboard(scope, receive, counting_send)
+        finally:
+            REQUESTS.labels("ops", "dashboard", str(status)).inc()
+            LATENCY.labels("ops", "dashboard").observe(time.perf_counter() - started)
+
     def _authorise(self, scope: Scope, route: OpsRoute) -> Operator:
         """The operator of the bearer token (401), if one of its roles may call `route`
         (403): the one place roles are checked (gateway/ops_access.py)."""
         operator = self._authenticate(scope)
-        if not may_call(operator.roles, route):
-            needed = ", ".join(sorted(route.roles - {ADMIN})) or ADMIN
-            raise HttpError(403, "forbidden", f"this needs one of the roles: {needed}")
+        check_roles(operator, route)
         return operator
 
     def _authenticate(self, scope: Scope) -> Operator:
@@ -226,10 +264,52 @@ class OpsApi:
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token:
             raise HttpError(401, "unauthenticated", "Authorization: Bearer <token> required")
-        for operator in self.operators:
-            if hmac.compare_digest(operator.token.encode(), token.encode()):
-                return operator
-        raise HttpError(401, "unauthenticated", "unknown token")
+        operator = self.operator_of_token(token)
+        if operator is None:
+            raise HttpError(401, "unauthenticated", "unknown token")
+        return operator
+
+    def operator_of_token(self, token: str) -> Operator | None:
+        """The operator whose token this is (compared in constant time), or None."""
+        found = None
+        for operator in self.operators:  # every token compared: the time says nothing
+            matches = hmac.compare_digest(operator.token.encode(), token.encode())
+            if matches and found is None:
+                found = operator
+        return found
+
+    def operator_named(self, name: str) -> Operator | None:
+        """The configured operator of that name (a dashboard session names its operator)."""
+        return next((operator for operator in self.operators if operator.name == name), None)
+
+    async def call_as(
+        self, operator: Operator, method: str, path: str, *, query: str = "",
+        body: bytes = b"",
+    ) -> Any:
+        """What the operator API answers `operator`'s `method path?query` with `body`,
+        decoded, without HTTP: the dashboard's one way to read and write. The same route
+        table and role check (403) and the same handler as a bearer request; an error is
+        raised as the HttpError the API would answer."""
+        route = route_for(method, path)
+        if route is None:
+            raise HttpError(404, "not_found", f"no route {method} {path}")
+        check_roles(operator, route)
+        scope: Scope = {
+            "type": "http", "method": method, "path": path,
+            "query_string": query.encode(),
+            "headers": [(b"content-length", str(len(body)).encode())],
+        }
+        delivered = False
+
+        async def receive() -> dict[str, Any]:
+            nonlocal delivered
+            if delivered:  # a handler never reads past the one body message
+                return {"type": "http.disconnect"}
+            delivered = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        _, answer = await self._dispatch(scope, receive, operator)
+        return msgspec.json.decode(answer)
 
     async def _shards(self, requested: str | None) -> list[int]:
         """All logical shards, or the one named by ?shard=N (validated)."""
@@ -252,6 +332,17 @@ class OpsApi:
         detail = await application_detail(self.pool, shard, application_id)
         if detail is None:
             raise HttpError(404, "not_found", f"no application {application_id}")
+        return detail
+
+    async def _loan(self, path: str) -> dict[str, Any]:
+        """A loan with its schedule, repayments and journal lines, from Postgres."""
+        loan_id = path[len(LOANS_PREFIX):]
+        shard = shard_of_id("loan", loan_id)
+        if shard is None or shard >= await cluster_store.logical_shards(self.pool):
+            raise HttpError(404, "not_found", f"no loan {loan_id}")
+        detail = await loan_detail(self.pool, self.chart, shard, loan_id)
+        if detail is None:
+            raise HttpError(404, "not_found", f"no loan {loan_id}")
         return detail
 
     async def _handle(self, scope: Scope, receive: Receive) -> tuple[str, bytes]:
@@ -306,6 +397,12 @@ class OpsApi:
             return "cluster", JSON.encode(await self.cluster_view())
         if path.startswith(APPLICATIONS_PREFIX):
             return "application", JSON.encode(await self._application(path))
+        if path.startswith(LOANS_PREFIX):
+            return "loan", JSON.encode(await self._loan(path))
+        if path == "/ops/business-summary":
+            return "business_summary", JSON.encode(await business_summary(
+                self.pool, self.chart, non_accrual_dpd=self.non_accrual_dpd,
+                write_off_dpd=self.write_off_dpd))
         if path == "/ops/audit":
             target = query.get("target", [""])[0]
             if not target:
@@ -427,6 +524,17 @@ class OpsApi:
             return blacklist_value_hash(self.vault, kind, value)
         except BlacklistValueError as exc:
             raise HttpError(400, "invalid_request", str(exc), exc.field) from exc
+
+
+def check_roles(operator: Operator, route: OpsRoute) -> None:
+    """403 unless one of the operator's roles may call `route` (gateway/ops_access.py)."""
+    if not may_call(operator.roles, route):
+        needed = ", ".join(sorted(route.roles - {ADMIN})) or ADMIN
+        raise HttpError(403, "forbidden", f"this needs one of the roles: {needed}")
+
+
+def _is_dashboard(path: str) -> bool:
+    return path == DASHBOARD_PREFIX or path.startswith(DASHBOARD_PREFIX + "/")
 
 
 def _iso_date(value: Any) -> date:

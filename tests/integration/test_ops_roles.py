@@ -21,6 +21,7 @@ from gateway.ops_api import Operator, OpsApi
 TOKENS = {role: f"{role}-{uuid.uuid4().hex}" for role in ROLES}
 UNKNOWN_APPLICATION = "AP-0000-9999999999"
 UNKNOWN_CASE = "CC-0000-9999999999"
+UNKNOWN_LOAN = "LN-0000-9999999999"
 
 # One request per route: (path with query, JSON body or None). Writes carry a body the
 # handler refuses (400) or name an object that does not exist (404), so an allowed call
@@ -62,6 +63,8 @@ REQUESTS: dict[tuple[str, str], tuple[str, Any]] = {
         (f"/ops/collections/cases/{UNKNOWN_CASE}/promises", {}),
     ("GET", "/ops/connector-requests"): ("/ops/connector-requests", None),
     ("POST", "/ops/outbox/drain"): ("/ops/outbox/drain", None),  # the session never ran EOD
+    ("GET", "/ops/loans/{loan_id}"): (f"/ops/loans/{UNKNOWN_LOAN}", None),
+    ("GET", "/ops/business-summary"): ("/ops/business-summary", None),
 }
 
 

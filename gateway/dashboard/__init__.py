@@ -1,0 +1,1 @@
+"""The operator dashboard (/dashboard/ on the operator port): see app.py."""
