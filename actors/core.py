@@ -16,6 +16,7 @@ No Ray here, so the core can run in a plain event loop (tests, simulation). The 
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import logging
 import time
@@ -39,6 +40,10 @@ LOST = "lost"
 
 RELOAD_BACKOFF_S = (0.05, 0.1, 0.2, 0.5, 1.0)
 RELOAD_RETRY_S = 1.0  # while Postgres stays away, a reloading shard tries again this often
+# Upper bounds (s) of the histogram of a batch's apply + commit time: `commit_s_le[i]` counts
+# the batches that took at most COMMIT_S_BOUNDS[i] (cumulative, like Prometheus buckets; the
+# +Inf bucket is `stats["batches"]`). The dashboard turns two readings into p50 and p99.
+COMMIT_S_BOUNDS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 
 # Errors after which the commit outcome is unknown; anything else is a bug and propagates.
 STORAGE_ERRORS = (
@@ -79,6 +84,7 @@ class ShardCore:
             "batches": 0, "commands": 0, "commit_s": 0.0, "failures": 0, "reloads": 0,
             "prefetched_batches": 0,  # optimistic commits that met a used key or reference
         }
+        self.commit_s_le = [0] * len(COMMIT_S_BOUNDS)
 
     async def activate(self) -> None:
         """Take the lease (epoch + 1) and rebuild memory from Postgres."""
@@ -161,7 +167,10 @@ class ShardCore:
             replies = [await self._apply_alone(command) for command in commands]
         self.stats["batches"] += 1
         self.stats["commands"] += len(batch)
-        self.stats["commit_s"] += time.perf_counter() - started
+        elapsed = time.perf_counter() - started
+        self.stats["commit_s"] += elapsed
+        for bucket in range(bisect.bisect_left(COMMIT_S_BOUNDS, elapsed), len(COMMIT_S_BOUNDS)):
+            self.commit_s_le[bucket] += 1
         for (_, future), reply in zip(batch, replies, strict=True):
             if not future.done():
                 future.set_result(reply)

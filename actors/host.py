@@ -22,7 +22,7 @@ import msgspec
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from actors.core import ShardCore, unavailable
+from actors.core import COMMIT_S_BOUNDS, ShardCore, unavailable
 from lending.chart import load_chart
 from lending.collections import CollectionsPolicy
 from lending.commands import BATCH_DECODER, BATCH_ENCODER, Reply
@@ -216,6 +216,7 @@ class ShardHostCore:
             "pid": os.getpid(),
             "started_at": self.started_at,
             "group_commit": {} if self._committer is None else dict(self._committer.stats),
+            "commit_s_bounds": list(COMMIT_S_BOUNDS),  # of each shard's `commit_s_le`
             "shards": {
                 str(shard_id): {
                     "status": core.status,
@@ -223,6 +224,7 @@ class ShardHostCore:
                     "queue_depth": core.queue_depth(),
                     "loans": len(core.state.loans) if core.state else 0,
                     **core.stats,
+                    "commit_s_le": list(core.commit_s_le),  # actors.core.COMMIT_S_BOUNDS
                 }
                 for shard_id, core in self.shards.items()
             },

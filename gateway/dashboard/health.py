@@ -42,7 +42,7 @@ def dependency_health(readiness: ReadinessView) -> dict[str, str | None]:
 
 
 def shard_rows(view: dict[str, Any], sampler: MetricsSampler) -> list[dict[str, Any]]:
-    """GET /ops/cluster's shards with the last interval's batches/s and mean commit time."""
+    """GET /ops/cluster's shards with the last interval's batches/s and commit times."""
     latest = sampler.latest()
     rows = []
     for shard in view["shards"]:
@@ -51,6 +51,8 @@ def shard_rows(view: dict[str, Any], sampler: MetricsSampler) -> list[dict[str, 
             **shard,
             "batches_per_s": None if rates is None else rates.batches_per_s,
             "commit_ms": None if rates is None else rates.commit_ms,
+            "commit_p50_ms": None if rates is None else rates.commit_p50_ms,
+            "commit_p99_ms": None if rates is None else rates.commit_p99_ms,
             "recent_failures": sampler.recent_failures(shard["shard_id"]),
         })
     return rows

@@ -4,9 +4,10 @@ bounded ring buffer, in the gateway process.
 Each sample reads the same Prometheus counters and histograms /metrics serves
 (`lendcore_http_requests_total`, `lendcore_http_request_seconds`,
 `lendcore_gateway_ray_call_seconds`) and the shard hosts' stats (`batches`, `commit_s`,
-`failures` per shard), and keeps what changed since the previous sample: per endpoint
-requests/s, the share answered 5xx and the p99 latency; per shard batches/s and the mean
-commit time of a batch; the Ray call round trip's p50 and p99. HISTORY samples are kept
+`failures` and the commit-time histogram `commit_s_le` per shard), and keeps what changed
+since the previous sample: per endpoint requests/s, the share answered 5xx and the p99
+latency; per shard batches/s and the mean, p50 and p99 commit time of a batch; the Ray call
+round trip's p50 and p99. HISTORY samples are kept
 (10 minutes at the default 5 s), so memory is bounded whatever the traffic.
 """
 
@@ -48,6 +49,16 @@ class ShardRates:
     batches_per_s: float
     commit_ms: float | None  # mean commit time of a batch in the interval; None: no batch
     failures: int  # commit failures in the interval
+    commit_p50_ms: float | None = None  # from the shard's histogram; None: no batch
+    commit_p99_ms: float | None = None
+
+
+@dataclass(frozen=True)
+class _ShardCounters:
+    batches: float
+    commit_s: float
+    failures: float
+    commit_buckets: Buckets  # a batch's apply + commit time (actors/core.py COMMIT_S_BOUNDS)
 
 
 @dataclass(frozen=True)
@@ -68,7 +79,7 @@ class _Counters:
     errors: dict[str, float] = field(default_factory=dict)
     latency: dict[str, Buckets] = field(default_factory=dict)
     ray_call: Buckets = field(default_factory=list)
-    shards: dict[int, tuple[float, float, float]] = field(default_factory=dict)
+    shards: dict[int, _ShardCounters] = field(default_factory=dict)
 
 
 class MetricsSampler:
@@ -169,13 +180,18 @@ def _samples(metric: MetricWrapperBase, suffix: str) -> Iterable[tuple[dict[str,
                 yield sample.labels, sample.value
 
 
-def _shard_counters(host_stats: list[dict[str, Any]]) -> dict[int, tuple[float, float, float]]:
-    """(batches, commit_s, failures) per shard, from the hosts that answered."""
+def _shard_counters(host_stats: list[dict[str, Any]]) -> dict[int, _ShardCounters]:
+    """Each shard's cumulative counters, from the hosts that answered."""
     counters = {}
     for host in host_stats:
+        bounds = [float(bound) for bound in host.get("commit_s_bounds", [])]
         for shard_id, stats in host.get("shards", {}).items():
-            counters[int(shard_id)] = (float(stats["batches"]), float(stats["commit_s"]),
-                                       float(stats["failures"]))
+            batches = float(stats["batches"])
+            buckets = [*zip(bounds, map(float, stats["commit_s_le"]), strict=True),
+                       (math.inf, batches)]
+            counters[int(shard_id)] = _ShardCounters(
+                batches, float(stats["commit_s"]), float(stats["failures"]), buckets
+            )
     return counters
 
 
@@ -195,17 +211,18 @@ def _difference(before: _Counters, after: _Counters) -> Sample:
             p99_ms=_quantile_ms(0.99, latency),
         )
     shards = {}
-    for shard_id, (batches, commit_s, failures) in after.shards.items():
-        if shard_id not in before.shards:
+    for shard_id, now in after.shards.items():
+        old = before.shards.get(shard_id)
+        if old is None or now.batches < old.batches:  # new, or its host restarted
             continue
-        old_batches, old_commit_s, old_failures = before.shards[shard_id]
-        if batches < old_batches:  # the host restarted: its counters began again
-            continue
-        done = batches - old_batches
+        done = now.batches - old.batches
+        commits = _bucket_difference(old.commit_buckets, now.commit_buckets)
         shards[shard_id] = ShardRates(
             batches_per_s=done / seconds,
-            commit_ms=1000.0 * (commit_s - old_commit_s) / done if done else None,
-            failures=int(failures - old_failures),
+            commit_ms=1000.0 * (now.commit_s - old.commit_s) / done if done else None,
+            failures=int(now.failures - old.failures),
+            commit_p50_ms=_quantile_ms(0.5, commits),
+            commit_p99_ms=_quantile_ms(0.99, commits),
         )
     ray_call = _bucket_difference(before.ray_call, after.ray_call)
     return Sample(after.at, routes, shards, _quantile_ms(0.5, ray_call),

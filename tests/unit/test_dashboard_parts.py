@@ -85,14 +85,17 @@ def test_rates_are_what_changed_between_two_readings() -> None:
     before = sampler._Counters(
         at=100.0, requests={"partner repay": 100.0}, errors={"partner repay": 1.0},
         latency={"partner repay": [(0.01, 90.0), (0.1, 100.0), (float("inf"), 100.0)]},
-        shards={0: (10.0, 1.0, 0.0), 1: (500.0, 5.0, 0.0)},
+        shards={0: _shard(10.0, 1.0, 0.0, [10.0, 10.0]),
+                1: _shard(500.0, 5.0, 0.0, [400.0, 500.0])},
     )
     after = sampler._Counters(
         at=105.0, requests={"partner repay": 600.0, "ops cluster": 5.0},
         errors={"partner repay": 6.0},
         latency={"partner repay": [(0.01, 90.0), (0.1, 600.0), (float("inf"), 600.0)],
                  "ops cluster": [(0.01, 5.0), (0.1, 5.0), (float("inf"), 5.0)]},
-        shards={0: (60.0, 1.5, 2.0), 1: (3.0, 0.1, 0.0)},  # host 1 restarted
+        # shard 0: 50 batches more, 49 of them within 10 ms, one in (10, 100] ms
+        shards={0: _shard(60.0, 1.5, 2.0, [59.0, 60.0]),
+                1: _shard(3.0, 0.1, 0.0, [3.0, 3.0])},  # host 1 restarted
     )
     sample = sampler._difference(before, after)
     repay = sample.routes["partner repay"]
@@ -100,7 +103,17 @@ def test_rates_are_what_changed_between_two_readings() -> None:
     # Every new request in (10, 100] ms: the 495th of 500 is interpolated at 99.1 ms.
     assert repay.p99_ms == pytest.approx(99.1)
     assert sample.routes["ops cluster"] == RouteRates(1.0, 0.0, pytest.approx(9.9))
-    assert sample.shards == {0: ShardRates(10.0, pytest.approx(10.0), 2)}
+    assert sample.shards == {0: ShardRates(
+        10.0, pytest.approx(10.0), 2,
+        commit_p50_ms=pytest.approx(10.0 * 25 / 49), commit_p99_ms=pytest.approx(10.0 + 90.0 * 0.5),
+    )}
+
+
+def _shard(batches: float, commit_s: float, failures: float, le: list[float]) -> Any:
+    """A shard's cumulative counters with a two-bound histogram: ≤ 10 ms, ≤ 100 ms."""
+    return sampler._ShardCounters(
+        batches, commit_s, failures, [(0.01, le[0]), (0.1, le[1]), (float("inf"), batches)]
+    )
 
 
 def test_the_history_is_bounded_and_charted_for_the_busiest_endpoints() -> None:
@@ -108,8 +121,10 @@ def test_the_history_is_bounded_and_charted_for_the_busiest_endpoints() -> None:
 
     async def host_stats() -> list[dict[str, Any]]:
         batches = float(next(readings))
-        return [{"shards": {"0": {"batches": batches, "commit_s": batches / 100,
-                                  "failures": 0}}}]
+        return [{"commit_s_bounds": [0.01], "shards": {"0": {
+            "batches": batches, "commit_s": batches / 100, "failures": 0,
+            "commit_s_le": [batches],
+        }}}]
 
     charts = MetricsSampler(host_stats, history=5)
 
