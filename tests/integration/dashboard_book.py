@@ -88,9 +88,11 @@ def build(ops_url: str, api_url: str, *, loans: int, token: str = ADMIN_TOKEN) -
         double = _in_review(partner, MAKER_CHECKER_AMOUNT)
         _ok(ops.post("/ops/blacklist", json={"kind": "device", "value": "d-stolen-0001",
                                             "reason": "device reported stolen"}))
-        cases = _ok(ops.get("/ops/collections/cases", params={"bucket": "M1", "limit": 50}))[
-            "cases"]
-        case = next(c for c in cases if c["assignee"] is None)  # the most overdue one free
+        # The queue's order, most overdue first, is the dashboard's: the first free case of
+        # the whole queue is on the cases panel's first page (a case of one bucket need not
+        # be, when the seed made loans further overdue).
+        cases = _ok(ops.get("/ops/collections/cases", params={"limit": 50}))["cases"]
+        case = next(c for c in cases if c["assignee"] is None)
         _ok(ops.post(f"/ops/collections/cases/{case['case_id']}/assign",
                      json={"assignee": f"collector:{COLLECTOR}"}))
         return DemoBook(loans, closed["business_date"], closed["next_business_date"], loan_id,
