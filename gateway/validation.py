@@ -90,8 +90,17 @@ def decode_json(decoder: msgspec.json.Decoder[T], raw: bytes) -> T:
         raise describe_validation_error(str(exc), decoder.type) from exc
     except msgspec.DecodeError as exc:
         raise refuse(None, "body is not valid JSON") from exc
-    check_strings(value)
+    if _may_hold_control_characters(raw):
+        check_strings(value)
     return value
+
+
+def _may_hold_control_characters(raw: bytes) -> bool:
+    """Whether a body that decoded as JSON can hold a control character in a string: only
+    through an escape (U+0000–U+001F must be escaped in JSON, and the decoder refuses them
+    raw), as U+007F (byte 7F) or as U+0080–U+009F (C2 80–C2 9F in UTF-8). Most bodies have
+    none of these bytes, and skip the walk over every decoded string."""
+    return b"\\" in raw or b"\x7f" in raw or b"\xc2" in raw
 
 
 def describe_validation_error(message: str, body_type: Any) -> HttpError:

@@ -94,6 +94,22 @@ def test_list_items_are_named_by_index() -> None:
     assert refusal(ReviewDecisionIn, raw).field == "reasons[1]"
 
 
+@pytest.mark.parametrize("char", ["\x00", "\x01", "\t", "\n", "\x1f", "\x7f", "\x80",
+                                  "\x85", "\x9f"])
+def test_a_control_character_is_found_however_the_json_spells_it(char: str) -> None:
+    """Raw in the body where JSON allows it (U+007F and up), as msgspec writes it, and as a
+    \\u escape: decode_json skips its walk over the strings only for bodies with none of
+    these spellings."""
+    spellings = {
+        msgspec.json.encode({"decision": "approve", "note": f"a{char}b"}),
+        b'{"decision": "approve", "note": "a\\u%04xb"}' % ord(char),
+    }
+    if ord(char) >= 0x7F:
+        spellings.add(f'{{"decision": "approve", "note": "a{char}b"}}'.encode())
+    for raw in spellings:
+        assert refusal(ReviewDecisionIn, raw).field == "note", raw
+
+
 def test_a_clean_body_decodes() -> None:
     decoded = decode_json(msgspec.json.Decoder(ApplicationIn),
                           msgspec.json.encode(application()))
