@@ -31,7 +31,7 @@ from lending.decision import RiskPolicy
 from lending.products import ProductCatalog, load_catalog
 from lending.riskbook import RiskBookReloader
 from lending.shard_state import ApplyContext
-from storage import cluster_store
+from storage import cluster_store, webhook_store
 from storage.db import create_pool
 from storage.group_commit import GroupCommitter
 from storage.shard_store import ShardStore
@@ -57,6 +57,9 @@ class HostConfig(msgspec.Struct, frozen=True):
     collections: CollectionsPolicy
     collectors: list[str]  # operators with the collector role
     risk_dir: str = ""  # config/risk: rule sets, scorecard, pricing (hot-reloaded)
+    # Partners whose webhook endpoint the partners file declares; those registered through
+    # the operator API are read from Postgres at start and on sync_webhooks.
+    webhook_partners: list[str] = msgspec.field(default_factory=list)
 
 
 class ShardHostCore:
@@ -85,10 +88,12 @@ class ShardHostCore:
         self._pool = await create_pool(cfg.pg_dsn, cfg.pool_size)
         self._redis = aioredis.from_url(cfg.redis_url)
         business_date: date = await cluster_store.business_date(self._pool)
+        webhook_partners = await self._webhook_partners()
         self._context = ApplyContext(
             business_date, catalog, cfg.policy, cfg.servicing,
             risk=self._risk.book if self._risk is not None else None,
             collections=cfg.collections, collectors=frozenset(cfg.collectors),
+            webhook_partners=webhook_partners,
         )
         chart = load_chart(Path(cfg.chart_file))
         store = ShardStore(self._pool, self.owner, chart.role_codes())
@@ -146,6 +151,26 @@ class ShardHostCore:
         # line of the closed date any more (end of day then builds its GL summary).
         await asyncio.gather(*(core.batch_finished() for core in self.shards.values()))
         return business_date.isoformat()
+
+    async def _webhook_partners(self) -> frozenset[str]:
+        """Partners with a webhook endpoint: the partners file's and the operator API's."""
+        assert self._pool is not None
+        registered = await webhook_store.registered_partner_ids(self._pool)
+        return frozenset(self.config.webhook_partners) | registered
+
+    async def sync_webhooks(self) -> list[str]:
+        """Read the partners with a webhook endpoint from Postgres into the context of the
+        next batches (the operator API calls it after it registered or removed one). When
+        it returns, every batch that commits from then on writes events for exactly these
+        partners: it waits for the batch each shard is applying with the old set."""
+        await self.ensure_started()
+        assert self._context is not None
+        partners = await self._webhook_partners()
+        if partners != self._context.webhook_partners:
+            log.info("host %s: webhook partners %s", self.config.host_id, sorted(partners))
+            self._context = msgspec.structs.replace(self._context, webhook_partners=partners)
+        await asyncio.gather(*(core.batch_finished() for core in self.shards.values()))
+        return sorted(partners)
 
     async def _activate(self, core: ShardCore) -> None:
         """Redis serialises contenders for a shard; Postgres's epoch decides who owns it."""

@@ -33,6 +33,9 @@ class ShardHostActor:
     async def sync_business_date(self) -> str:
         return await self.core.sync_business_date()
 
+    async def sync_webhooks(self) -> list[str]:
+        return await self.core.sync_webhooks()
+
     async def ready(self) -> dict[str, Any]:
         """Start the host if it is not (a restarted actor starts lazily), then its stats;
         raises while it cannot start (the gateway's readiness check says why)."""

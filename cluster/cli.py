@@ -77,6 +77,9 @@ def _add_bench(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     bench.add_argument("--config", type=Path, metavar="FILE", help=CONFIG_HELP)
     bench.add_argument("--loans", type=int, default=None, help="loans to seed")
     bench.add_argument("--duration", type=float, default=None, help="seconds per phase")
+    bench.add_argument("--product", default="CASH_EI_12", metavar="CODE",
+                       help="the product the bench applies for, books and repays "
+                            "(default CASH_EI_12; JOINT_EI_12 shows what a joint split costs)")
     bench.add_argument("--eod", type=int, default=None, metavar="N",
                        help="instead of the load phases: seed N loans, time one end of day")
 
@@ -122,7 +125,8 @@ def _bench(args: argparse.Namespace) -> int:
         return run_eod_bench(args.config, args.eod)
     from loadtests.bench import run_bench
 
-    return run_bench(args.config, quick=args.quick, loans=args.loans, duration=args.duration)
+    return run_bench(args.config, quick=args.quick, loans=args.loans, duration=args.duration,
+                     product=args.product)
 
 
 # bandit over the code that runs the service (tests and load generators excluded: their

@@ -18,6 +18,7 @@ import msgspec
 
 from lending.collections import CollectionsPolicy
 from lending.daily import ServicingPolicy
+from lending.events import endpoint_url_problem
 from lending.screening import SOURCES
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -198,6 +199,20 @@ class OutboxSettings(msgspec.Struct, forbid_unknown_fields=True):
     payment_decline_per_mille: int = 100  # withholdings declined (insufficient balance)
 
 
+class WebhookSettings(msgspec.Struct, forbid_unknown_fields=True):
+    """Delivering partner webhook events (cluster/webhooks.py; docs/operations.md)."""
+
+    enabled: bool = True  # the delivery worker runs in the gateway process
+    poll_interval_s: float = 0.5  # an idle worker looks for due events this often
+    batch_max: int = 100  # events claimed per round trip
+    concurrency: int = 16  # POSTs in flight at once
+    timeout_s: float = 5.0  # one POST, connect to response headers
+    max_attempts: int = 16  # an event still failing after this many POSTs is failed
+    backoff_initial_s: float = 1.0  # wait after the first failed attempt; doubles each time
+    backoff_max_s: float = 1800.0  # ... up to this
+    claim_s: float = 60.0  # a claimed event is not claimed again for this long (> timeout_s)
+
+
 class SecuritySettings(msgspec.Struct, forbid_unknown_fields=True):
     pii_key_hex: str = ""
     hash_key_hex: str = ""
@@ -224,6 +239,7 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True):
     eod: EodSettings = msgspec.field(default_factory=EodSettings)
     collections: CollectionsPolicy = msgspec.field(default_factory=CollectionsPolicy)
     outbox: OutboxSettings = msgspec.field(default_factory=OutboxSettings)
+    webhooks: WebhookSettings = msgspec.field(default_factory=WebhookSettings)
     security: SecuritySettings = msgspec.field(default_factory=SecuritySettings)
     operators: list[OperatorSettings] = msgspec.field(default_factory=list)
 
@@ -327,6 +343,7 @@ def _validate(settings: Settings) -> None:
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc
     _validate_outbox(settings.outbox)
+    _validate_webhooks(settings.webhooks)
     _validate_connectors(settings.connectors)
     review = settings.review
     if not 1 <= review.claim_ttl_s <= 7 * 86400:
@@ -427,6 +444,26 @@ def load_partner_secrets(path: Path, environ: dict[str, str] | None = None) -> d
     return secrets
 
 
+_MERCHANT_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+def load_partner_merchants(path: Path) -> dict[str, frozenset[str]]:
+    """Partner id → the merchants an entrusted payment (受托支付) of its may pay, for the
+    partners whose entry lists `merchants`; the others may name any merchant."""
+    raw = _read_toml(path) if path.exists() else {"partners": []}
+    merchants: dict[str, frozenset[str]] = {}
+    for entry in raw.get("partners", []):
+        listed = entry.get("merchants")
+        if listed is None:
+            continue
+        if not isinstance(listed, list) or not all(
+                isinstance(m, str) and _MERCHANT_ID.fullmatch(m) for m in listed):
+            raise ConfigError(f"{path.name}: merchants of partner {entry.get('id')!r} must be a "
+                              "list of ids of 1-64 letters, digits, _ or -")
+        merchants[entry["id"]] = frozenset(listed)
+    return merchants
+
+
 def _validate_outbox(outbox: OutboxSettings) -> None:
     if not 1 <= outbox.page_rows <= 10000:
         raise ConfigError("outbox.page_rows must be in 1..10000")
@@ -439,3 +476,59 @@ def _validate_outbox(outbox: OutboxSettings) -> None:
     for name in ("sms_failure_per_mille", "payment_decline_per_mille"):
         if not 0 <= getattr(outbox, name) <= 1000:
             raise ConfigError(f"outbox.{name} must be in 0..1000")
+
+
+def _validate_webhooks(webhooks: WebhookSettings) -> None:
+    ranges: dict[str, tuple[float, float]] = {
+        "poll_interval_s": (0.01, 60), "batch_max": (1, 10000), "concurrency": (1, 1000),
+        "timeout_s": (0.1, 120), "max_attempts": (1, 100),
+        "backoff_initial_s": (0.01, 86400), "backoff_max_s": (0.01, 7 * 86400),
+        "claim_s": (1, 3600),
+    }
+    for name, (low, high) in ranges.items():
+        value = getattr(webhooks, name)
+        if not low <= value <= high:
+            raise ConfigError(f"webhooks.{name} must be in {low:g}..{high:g}, not {value}")
+    if webhooks.backoff_max_s < webhooks.backoff_initial_s:
+        raise ConfigError("webhooks.backoff_max_s must be >= webhooks.backoff_initial_s")
+    if webhooks.claim_s <= webhooks.timeout_s:
+        raise ConfigError(
+            "webhooks.claim_s must exceed webhooks.timeout_s: a claim must outlive the POST, "
+            "or another round could send the event again while it is in flight")
+
+
+class WebhookEndpoint(msgspec.Struct, frozen=True):
+    """A partner's webhook endpoint declared in the partners file (config/partners.toml)."""
+
+    partner_id: str
+    url: str
+    secret: bytes
+
+
+def load_webhook_endpoints(
+    path: Path, environ: dict[str, str] | None = None
+) -> dict[str, WebhookEndpoint]:
+    """Partner id → its endpoint, for the partners of the file that set `webhook_url`. The
+    secret is LENDCORE_WEBHOOK_SECRET_<ID> (upper-cased id) if set, else `webhook_secret`;
+    ConfigError when an endpoint has no secret or a URL that cannot be one."""
+    env = dict(os.environ) if environ is None else environ
+    raw = _read_toml(path) if path.exists() else {"partners": []}
+    endpoints: dict[str, WebhookEndpoint] = {}
+    for entry in raw.get("partners", []):
+        partner_id = entry["id"]
+        url = entry.get("webhook_url")
+        variable = f"LENDCORE_WEBHOOK_SECRET_{partner_id.upper()}"
+        secret = env.get(variable) or entry.get("webhook_secret")
+        if url is None:
+            if entry.get("webhook_secret") is not None:
+                raise ConfigError(f"{path}: partner {partner_id}: webhook_secret without "
+                                  "webhook_url")
+            continue
+        if not isinstance(url, str) or (problem := endpoint_url_problem(url)) is not None:
+            raise ConfigError(f"{path}: partner {partner_id}: webhook_url "
+                              f"{problem or 'must be a string'}")
+        if not isinstance(secret, str) or not secret:
+            raise ConfigError(f"{path}: partner {partner_id}: webhook_url needs a secret: "
+                              f"webhook_secret in the file or {variable}")
+        endpoints[partner_id] = WebhookEndpoint(partner_id, url, secret.encode())
+    return endpoints

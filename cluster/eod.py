@@ -18,7 +18,8 @@ A run for business date D:
 5. makes every host read the new date;
 6. builds the daily GL summary of D (storage/gl_summary.py): only now can no journal line
    dated D commit any more. Its per-book totals and its time go into the stored report;
-   then the lock is released.
+7. builds the settlement files of D, one per book other than `own` (cluster/settlement.py):
+   their summaries go into the stored report under "settlements"; then the lock is released.
 
 Idempotent per date: a run for a date already closed returns the stored report; a run for
 the current date after a crash finishes it without closing any loan twice. A run that died
@@ -40,10 +41,12 @@ import asyncpg
 import msgspec
 import redis.asyncio as aioredis
 
+from cluster import settlement
 from cluster.config import EodSettings
 from gateway.http import HttpError
 from gateway.router import Overloaded, ShardRouter
 from gateway.tasks import all_or_cancel
+from lending.chart import Chart
 from lending.commands import EodStep
 from lending.shard_state import EodStepResult
 from storage import audit, cluster_store, gl_summary
@@ -99,7 +102,9 @@ class EodRunner:
         sync_hosts: Callable[[], Awaitable[None]],
         settings: EodSettings,
         after_advance: Callable[[], None],
+        chart: Chart,
     ) -> None:
+        self.chart = chart  # journal lines' codes → roles, for the settlement files
         self.pool = pool
         self.redis = redis
         self.lock_key = f"{prefix}eod:lock"
@@ -171,6 +176,7 @@ class EodRunner:
         await self.sync_hosts()
         self.after_advance()
         report = await self._summarise_gl(day, report)
+        report = await self._settle(day, report)
         log.info("end of day %s: done in %.3f s, business date now %s (%s loans)", day,
                  time.perf_counter() - started, report["next_business_date"],
                  report["loans_processed"])
@@ -299,7 +305,7 @@ class EodRunner:
             # may not even have read the new date yet.
             await self.sync_hosts()
             report = await self._summarise_gl(requested, report)
-        return report
+        return await self._settle(requested, report)
 
     async def _stored_report(self, day: date) -> dict[str, Any] | None:
         report = await self.pool.fetchval(
@@ -360,6 +366,23 @@ class EodRunner:
         if first is None:  # only a done run gets here: its row cannot have gone back
             raise EodError(409, "invalid_state", f"the end-of-day run of {day} is not done")
         return first
+
+    async def _settle(self, day: date, report: dict[str, Any]) -> dict[str, Any]:
+        """The settlement files of the closed date `day` (and of any earlier date without
+        them), once its GL summary is built; returns the report as stored."""
+        again = f'POST /ops/eod {{"business_date": "{day}"}} builds them'
+        try:
+            return await settlement.settle(
+                self.pool, self.chart, self.router.logical_shards, day, report)
+        except (settlement.SettlementMismatch, settlement.SettlementError) as exc:
+            raise EodError(500, "settlement_mismatch",
+                           f"end of day {day} is done and the business date moved on, but "
+                           f"{exc}; investigate the ledger, then {again}") from exc
+        except GL_SUMMARY_ERRORS as exc:
+            raise EodError(503, "unavailable",
+                           f"end of day {day} is done and the business date moved on, but "
+                           f"its settlement files failed ({type(exc).__name__}): {again}",
+                           retry_after_s=RETRY_AFTER_S) from exc
 
     # ---- what operators watch -----------------------------------------------------------
 

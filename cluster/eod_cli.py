@@ -124,6 +124,9 @@ def summary(report: dict[str, Any]) -> str:
     buckets = ", ".join(f"{bucket} {count}" for bucket, count in report["buckets"].items())
     books = "; ".join(
         _book_line(book, totals) for book, totals in report["gl_summary"].items())
+    settled = "; ".join(  # settlement files of the funders' and guarantors' books
+        f"{book} {file['loans']} loans, net cash {_fen(file['net_cash'])}"
+        for book, file in report.get("settlements", {}).items())
     return "\n".join([
         f"end of day {report['business_date']} done: business date now "
         f"{report['next_business_date']}",
@@ -139,6 +142,7 @@ def summary(report: dict[str, Any]) -> str:
         f"  planned next day    {report['reminders']['planned']} SMS reminders, "
         f"{withholdings['planned']} withholdings of {_fen(withholdings['amount'])}",
         f"  day's journal       {books or 'no lines'}",
+        *([f"  settlement files    {settled}"] if settled else []),
         "(--json prints the whole report)",
     ])
 

@@ -37,6 +37,7 @@ from cluster.config import OutboxSettings
 from gateway.pii import PiiVault
 from gateway.router import Overloaded, ShardRouter
 from lending.commands import QuoteWithholding, Repay, Reply
+from lending.events import SOURCE_WITHHOLDING
 from lending.shard_state import REQUEST_SMS, REQUEST_WITHHOLDING, Customer, WithholdingQuote
 from storage import cluster_store
 
@@ -265,5 +266,5 @@ def _repayment(row: asyncpg.Record, amount: int) -> Repay:
     return Repay(
         partner_id=row["partner_id"], idem_key=f"withholding:{request_id}",
         request_hash=digest.hexdigest(), loan_id=row["loan_id"], amount=amount,
-        external_ref=request_id, kind="regular",
+        external_ref=request_id, kind="regular", source=SOURCE_WITHHOLDING,
     )

@@ -26,10 +26,16 @@ from redis.backoff import NoBackoff
 
 from actors.host import HostConfig
 from actors.ray_host import ShardHostActor
-from cluster.config import Settings, load_partner_secrets
+from cluster.config import (
+    Settings,
+    load_partner_merchants,
+    load_partner_secrets,
+    load_webhook_endpoints,
+)
 from cluster.eod import EodRunner
 from cluster.eod_schedule import EodScheduler, wall_clock
 from cluster.outbox import Outbox
+from cluster.webhooks import WebhookDispatcher
 from gateway.antifraud import AntiFraud, Blacklist
 from gateway.collections_desk import CollectionsDesk
 from gateway.connectors import ConnectorRunner
@@ -48,8 +54,10 @@ from gateway.reviews import ReviewDesk
 from gateway.router import HostChannel, ShardRouter
 from gateway.screening import Screener
 from gateway.seeding import Seeder
+from gateway.webhooks_desk import WebhooksDesk
 from lending.chart import load_chart
 from lending.decision import RiskPolicy
+from lending.funding import product_books
 from lending.products import load_catalog
 from storage import cluster_store
 from storage.db import create_pool
@@ -96,6 +104,10 @@ class System:
         self.redis_url = redis_url
         # Loaded first: a broken chart of accounts must stop start-up before anything runs.
         self.chart = load_chart(settings.resolve_path(settings.paths.chart_file))
+        # Partner webhook endpoints of the partners file, checked at start too (ConfigError).
+        self.webhook_endpoints = load_webhook_endpoints(
+            settings.resolve_path(settings.paths.partners_file))
+        self.webhooks: WebhookDispatcher | None = None  # delivers partner webhook events
         self.instance = uuid.uuid4().hex[:8]  # names this system's actors in a shared Ray
         self.hosts: list[Any] = []
         self.hosts_ready = False
@@ -145,6 +157,9 @@ class System:
         self.eod_scheduler.start()  # its first firing may run end of day: hosts must serve
         self.sampler.start()
         self.start_outbox_drain()  # what a crash left pending
+        if settings.webhooks.enabled:
+            assert self.webhooks is not None
+            self.webhooks.start()
 
     def host_config(self, host_id: int, shard_ids: list[int]) -> HostConfig:
         s = self.settings
@@ -166,6 +181,7 @@ class System:
             collections=s.collections,
             collectors=sorted(o.name for o in s.operators if "collector" in o.roles),
             risk_dir=str(s.resolve_path(s.paths.risk_dir)),
+            webhook_partners=sorted(self.webhook_endpoints),
         )
 
     def shard_assignment(self) -> list[int]:
@@ -260,6 +276,7 @@ class System:
             batcher=batcher, blacklist=self.blacklist,
         )
         self.connectors = ConnectorRunner.from_settings(s.connectors)
+        catalog = load_catalog(s.resolve_path(s.paths.products_dir), s.risk.apr_cap_bps)
         partner = PartnerApi(
             secrets=load_partner_secrets(s.resolve_path(s.paths.partners_file)),
             guard=RedisGuard(
@@ -272,7 +289,8 @@ class System:
             router=self.router,
             vault=vault,
             screener=Screener(self.antifraud, self.connectors),
-            catalog=load_catalog(s.resolve_path(s.paths.products_dir), s.risk.apr_cap_bps),
+            catalog=catalog,
+            merchants=load_partner_merchants(s.resolve_path(s.paths.partners_file)),
             body_max_bytes=s.gateway.body_max_bytes,
             clock_skew_max_s=s.gateway.clock_skew_max_s,
             rate_per_s=s.gateway.rate_per_partner_s,
@@ -282,16 +300,19 @@ class System:
         )
         self.outbox = Outbox(pool=self._pool, router=self.router, vault=vault,
                              settings=s.outbox)
+        self.webhooks = WebhookDispatcher(pool=self._pool, vault=vault, settings=s.webhooks,
+                                          config_endpoints=self.webhook_endpoints)
         self.eod = EodRunner(
             pool=self._pool, redis=self._redis, prefix=s.redis.key_prefix, router=self.router,
             sync_hosts=self.sync_business_date, settings=s.eod,
-            after_advance=self.start_outbox_drain,
+            after_advance=self.start_outbox_drain, chart=self.chart,
         )
         self.eod_scheduler = EodScheduler(self.eod, s.eod, now=self.clock)
         ops = OpsApi(
             operators=[Operator(o.name, o.token, o.roles) for o in s.operators],
             pool=self._pool,
             chart=self.chart,
+            product_books=product_books(catalog.latest()),
             cluster_view=self.cluster_view,
             common=common,
             vault=vault,
@@ -312,6 +333,12 @@ class System:
                                         drain=self.outbox.drain),
             non_accrual_dpd=s.servicing.non_accrual_dpd,
             write_off_dpd=s.servicing.write_off_dpd,
+            webhooks=WebhooksDesk(
+                pool=self._pool, vault=vault,
+                partners=frozenset(load_partner_secrets(s.resolve_path(s.paths.partners_file))),
+                config_urls={p: e.url for p, e in self.webhook_endpoints.items()},
+                on_change=self.webhook_endpoints_changed, wake=self.webhooks.wake,
+            ),
         )
         ops.dashboard = Dashboard(
             ops=ops, sampler=self.sampler, readiness=self.readiness,
@@ -358,6 +385,34 @@ class System:
                     await asyncio.sleep(0.2)
 
         await asyncio.gather(*(sync(host) for host in self.hosts))
+
+    async def sync_webhooks(self) -> None:
+        """Make every shard host re-read the partners with a webhook endpoint (the operator
+        API registered or removed one); retried while a host restarts, like
+        sync_business_date (a restarted host reads them on start anyway)."""
+        deadline = time.monotonic() + HOST_READY_TIMEOUT_S
+
+        async def sync(host: Any) -> None:
+            while True:
+                try:
+                    await host.sync_webhooks.remote()
+                    return
+                except RAY_RETRYABLE:
+                    if time.monotonic() > deadline:
+                        raise
+                    await asyncio.sleep(0.2)
+
+        await asyncio.gather(*(sync(host) for host in self.hosts))
+
+    async def webhook_endpoints_changed(self) -> None:
+        """After the operator API stored an endpoint change: the dispatcher re-reads where
+        events go before the shards start writing them (and once more after, for a round
+        that read the endpoints meanwhile), the shards decide which changes write events."""
+        if self.webhooks is not None:
+            self.webhooks.endpoints_changed()
+        await self.sync_webhooks()
+        if self.webhooks is not None:
+            self.webhooks.endpoints_changed()
 
     async def sync_blacklists(self) -> None:
         """Rebuild the Redis blacklist sets from Postgres (the truth). A Redis that is down
@@ -459,6 +514,8 @@ class System:
         if self._outbox_task is not None:
             self._outbox_task.cancel()
             await asyncio.gather(self._outbox_task, return_exceptions=True)
+        if self.webhooks is not None:
+            await self.webhooks.stop()  # an unrecorded attempt is sent again after restart
         if self.router is not None:
             await self.router.close()
         if self.connectors is not None:

@@ -20,11 +20,11 @@ import ray
 import uvloop
 
 from cluster.bootstrap import start_ray
-from cluster.config import ConfigError, Settings, load_settings
+from cluster.config import ConfigError, Settings, load_partner_merchants, load_settings
 from cluster.services import EmbeddedService, start_embedded_postgres, start_embedded_redis
 from cluster.system import System
 from lending.chart import ChartError, load_chart
-from lending.products import ProductError, load_catalog
+from lending.products import Product, ProductError, load_catalog
 from lending.riskbook import RiskBookError, load_risk_book
 
 log = logging.getLogger("lendcore.up")
@@ -105,8 +105,23 @@ async def serve(settings: Settings, pg_dsn: str, redis_url: str, phases: Startup
 def check_config_files(settings: Settings) -> None:
     """Load every configuration file the system needs, before any service starts."""
     load_chart(settings.resolve_path(settings.paths.chart_file))
-    load_catalog(settings.resolve_path(settings.paths.products_dir), settings.risk.apr_cap_bps)
+    catalog = load_catalog(settings.resolve_path(settings.paths.products_dir),
+                           settings.risk.apr_cap_bps)
+    check_compensation_dpd(catalog.latest(), settings.servicing.non_accrual_dpd)
     load_risk_book(settings.resolve_path(settings.paths.risk_dir))
+    load_partner_merchants(settings.resolve_path(settings.paths.partners_file))
+
+
+def check_compensation_dpd(products: list[Product], non_accrual_dpd: int) -> None:
+    """A guarantor compensates on-balance receivables (lending.funding.compensate): its
+    compensation DPD must come before the loan goes non-accrual."""
+    for product in products:
+        terms = product.guarantee
+        if terms is not None and terms.compensation_dpd > non_accrual_dpd:
+            raise ProductError(
+                f"product {product.code} v{product.version}: guarantee compensation_dpd "
+                f"{terms.compensation_dpd} is past [servicing] non_accrual_dpd "
+                f"{non_accrual_dpd}; compensation must come first", "guarantee")
 
 
 def run(config_file: Path | None) -> int:

@@ -13,6 +13,8 @@ from gateway.ops_api import BlacklistIn
 from gateway.partner_api import BatchResponse
 from gateway.reviews import ClaimView, ReleaseView, ReviewDecisionIn, ReviewPage
 from gateway.schemas import ApplicationIn, BatchRepaymentItemIn, BookLoanIn, RepaymentIn
+from gateway.webhooks_desk import EndpointIn
+from lending import events as webhook_events
 from lending.collections import CollectionCase
 from lending.commands import ErrorBody
 from lending.loans import REPAYMENT_KINDS
@@ -167,6 +169,7 @@ _TYPES: list[Any] = [
     Reconciliation, ReviewPage, ClaimView, ReleaseView, ReviewDecisionIn, ReviewResult,
     BusinessDate, Application, BlacklistIn, BlacklistPage, BlacklistAdded, BlacklistDeleted,
     AuditPage, AssignIn, NoteIn, ContactIn, PromiseIn, CaseActionResult, CollectionCase,
+    EndpointIn, *webhook_events.PAYLOADS,
 ]
 
 # The stable decision reason codes (API.md: `reasons` are stable codes): the `reason` of
@@ -374,6 +377,84 @@ def _case_operation(summary: str, request: str) -> dict[str, Any]:
                           request=request, errors=(400, 401, 403, 404, 409, 413, 422, 503))
 
 
+def _webhook_paths() -> dict[str, Any]:
+    """/ops/webhooks/… (gateway/webhooks_desk.py)."""
+    return {
+        "/ops/webhooks/events": {"get": _ops_operation(
+            "Partner webhook events, newest first, with attempts, next_attempt_at, "
+            "last_status and last_error; counts of pending and failed events",
+            query=(("status", "pending, delivered or failed"), ("partner_id", "a partner"),
+                   ("loan_id", "one loan's events"),
+                   ("event_type", ", ".join(webhook_events.EVENT_TYPES)),
+                   ("limit", "1..500, default 50"),
+                   ("after", "next_after of the previous page")),
+            errors=(400, 401))},
+        "/ops/webhooks/events/{event_id}": {"get": _ops_operation(
+            "One event with the JSON document it delivers (payload)",
+            path_params=("event_id",), errors=(401, 404))},
+        "/ops/webhooks/events/{event_id}/redeliver": {"post": _ops_operation(
+            "Send a delivered or failed event again: pending, due now, attempts reset "
+            "(audited as webhook.redeliver); 409 invalid_state when it is pending",
+            path_params=("event_id",), errors=(401, 404, 409))},
+        "/ops/webhooks/endpoints": {"get": _ops_operation(
+            "Every partner's webhook endpoint: source config (the partners file) or ops "
+            "(registered here); never the secret")},
+        "/ops/webhooks/endpoints/{partner_id}": {
+            "put": _ops_operation(
+                "Register or replace a partner's endpoint and signing secret (audited as "
+                "webhook.endpoint_put); answered once every shard host writes events for "
+                "the partner. 409 config_managed for an endpoint of the partners file",
+                path_params=("partner_id",), request="EndpointIn",
+                errors=(400, 401, 404, 409, 413, 503)),
+            "delete": _ops_operation(
+                "Remove a partner's endpoint (audited as webhook.endpoint_delete): its "
+                "changes write no more events; its pending ones fail their attempts",
+                path_params=("partner_id",), errors=(401, 404, 409, 503)),
+        },
+    }
+
+
+def _webhooks() -> dict[str, Any]:
+    """What lendcore POSTs to a partner's endpoint (OpenAPI 3.1 `webhooks`)."""
+    headers = {
+        name: {"required": True, "schema": {"type": "string"}, "description": note}
+        for name, note in (
+            ("X-Partner-Id", "the partner the event is for"),
+            ("X-Timestamp", "unix seconds of this attempt"),
+            ("X-Nonce", "fresh for every attempt"),
+            ("X-Signature", "HMAC-SHA256 under the endpoint's secret, the partner API's "
+                            "scheme: POST, the endpoint URL's path and query, timestamp, "
+                            "nonce, SHA-256 of the body"),
+            ("X-Event-Id", "dedupe by it: an event may come more than once"),
+            ("X-Event-Type", ", ".join(webhook_events.EVENT_TYPES)),
+            ("X-Delivery-Attempt", "1 for the first attempt"),
+        )
+    }
+    envelope = {
+        "type": "object",
+        "required": ["event_id", "type", "partner_id", "occurred_on", "sequence",
+                     "application_id", "loan_id", "data"],
+        "properties": {
+            "event_id": {"type": "string"},
+            "type": {"type": "string", "enum": list(webhook_events.EVENT_TYPES)},
+            "partner_id": {"type": "string"},
+            "occurred_on": {"type": "string", "format": "date"},
+            "sequence": {"type": "integer", "description": "orders the events of one loan"},
+            "application_id": {"type": "string"},
+            "loan_id": {"type": ["string", "null"]},
+            "data": {"oneOf": [_ref(t.__name__) for t in webhook_events.PAYLOADS
+                                if t is not webhook_events.LoanState]},
+        },
+    }
+    return {"partnerEvent": {"post": {
+        "summary": "A partner event, delivered at least once, in order per loan; answer 2xx "
+                   "once stored (anything else is retried with backoff)",
+        "parameters": [{"name": n, "in": "header", **h} for n, h in headers.items()],
+        "requestBody": {"required": True, **_json(envelope)},
+        "responses": {"200": {"description": "any 2xx: delivered"}},
+    }}}
+
+
 def _annotate(components: dict[str, Any]) -> None:
     """Field notes, and the repayment kinds the gateway accepts as an enum."""
     for (schema, field), note in _FIELD_NOTES.items():
@@ -429,6 +510,30 @@ def build_openapi() -> bytes:
                 (("book", "a book (e.g. own); absent: all books summed; unknown: 404"),),
                 errors=(400, 401, 404))},
             "/ops/ledger/daily-summary": {"get": _daily_summary_operation()},
+            "/ops/settlements": {"get": _ops_operation(
+                "Settlement files (清算对账文件) of the books other than own (funder:<id>, "
+                "guarantor:<partner>), built by end of day: {business_date, book, files: "
+                "[{book, business_date, loans, totals (the total record's figures by "
+                "column), sha256, bytes, generated_at, download}]}, newest date first",
+                query=(("business_date", "a closed business date, YYYY-MM-DD; absent: the "
+                        "latest files; not settled yet: 404"),
+                       ("book", "a book with settlement files, e.g. funder:bank_a; unknown: "
+                        "404"),
+                       ("limit", "1..1000, default 100")),
+                errors=(400, 401, 404))},
+            "/ops/settlements/{book}/{business_date}": {"get": {
+                **_ops_operation(
+                    "One settlement file, its exact stored bytes (CSV; columns in "
+                    "docs/operations.md \"Settlement files\"); header X-Checksum-SHA256 = "
+                    "its checksum record's digest: SHA-256 of every byte before that record",
+                    path_params=("book", "business_date"), errors=(400, 401, 404)),
+                "responses": {
+                    "200": {"description": "OK", "content": {"text/csv": {
+                        "schema": {"type": "string"}}},
+                        "headers": {"X-Checksum-SHA256": {"schema": {"type": "string"}}}},
+                    **{str(code): {"description": "error", **_json(_ref("ErrorBody"))}
+                       for code in (400, 401, 404)}},
+            }},
             "/ops/ledger/reconciliation": {"get": _ops_operation(
                 "Reconciliation of every loan's state against its journal (reads every loan "
                 "and sums the journal per shard: use ?shard= on large books)",
@@ -555,10 +660,12 @@ def build_openapi() -> bytes:
             "/ops/outbox/drain": {"post": _ops_operation(
                 "Send the pending connector requests now (admin); end of day starts a "
                 "drain by itself", errors=(401, 403))},
+            **_webhook_paths(),
             "/healthz": {"get": plain},
             "/readyz": {"get": plain},
             "/metrics": {"get": plain},
         },
+        "webhooks": _webhooks(),
         "components": {
             "schemas": components,
             "securitySchemes": {

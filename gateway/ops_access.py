@@ -49,6 +49,8 @@ OPS_ROUTES = (
     _route("GET", "/ops/ledger/trial-balance", VIEWER),
     _route("GET", "/ops/ledger/daily-summary", VIEWER),
     _route("GET", "/ops/ledger/reconciliation", VIEWER),
+    _route("GET", "/ops/settlements", VIEWER),
+    _route("GET", "/ops/settlements/{book}/{business_date}", VIEWER),
     _route("GET", "/ops/cluster", VIEWER),
     _route("GET", "/ops/applications/{application_id}", RISK_OFFICER),
     _route("GET", "/ops/blacklist", RISK_OFFICER),
@@ -70,6 +72,14 @@ OPS_ROUTES = (
     _route("POST", "/ops/outbox/drain"),
     _route("GET", "/ops/loans/{loan_id}", VIEWER, OPERATOR, RISK_OFFICER),
     _route("GET", "/ops/business-summary", VIEWER, RISK_OFFICER),
+    # partner webhooks (gateway/webhooks_desk.py): operators watch and redeliver events;
+    # endpoints (URLs and secrets) are an admin's
+    _route("GET", "/ops/webhooks/events", VIEWER, OPERATOR),
+    _route("GET", "/ops/webhooks/events/{event_id}", VIEWER, OPERATOR),
+    _route("POST", "/ops/webhooks/events/{event_id}/redeliver", OPERATOR),
+    _route("GET", "/ops/webhooks/endpoints", VIEWER, OPERATOR),
+    _route("PUT", "/ops/webhooks/endpoints/{partner_id}"),
+    _route("DELETE", "/ops/webhooks/endpoints/{partner_id}"),
 )
 
 

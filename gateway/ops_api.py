@@ -40,6 +40,7 @@ from gateway.http import (
 from gateway.ops_access import ADMIN, ROLES, OpsRoute, may_call, route_for
 from gateway.partner_api import LATENCY, REQUESTS
 from gateway.pii import PiiVault
+from gateway.settlement_desk import Download, SettlementDesk
 from gateway.validation import ascii_int, choice_param, decode_json, path_param, query_params
 from lending.chart import Chart
 from lending.shard_state import shard_of_id
@@ -52,6 +53,7 @@ from storage.loans_store import loan_detail
 if TYPE_CHECKING:
     from gateway.collections_desk import CollectionsDesk
     from gateway.reviews import ReviewDesk
+    from gateway.webhooks_desk import WebhooksDesk
 
 
 class Dashboard(Protocol):
@@ -172,6 +174,7 @@ class OpsApi:
         operators: list[Operator],
         pool: asyncpg.Pool,
         chart: Chart,
+        product_books: frozenset[str],
         cluster_view: Callable[[], Awaitable[dict[str, Any]]],
         common: Callable[[Scope, Receive, Send], Awaitable[bool]],
         vault: PiiVault,
@@ -183,6 +186,7 @@ class OpsApi:
         collections: CollectionsDesk,
         non_accrual_dpd: int,
         write_off_dpd: int,
+        webhooks: WebhooksDesk | None = None,
     ) -> None:
         self.eod = eod
         self.non_accrual_dpd = non_accrual_dpd  # [servicing], for the business summary
@@ -190,6 +194,8 @@ class OpsApi:
         # Served under /dashboard/ when set (System sets it: the dashboard calls back here).
         self.dashboard: Dashboard | None = None
         self.collections = collections
+        self.settlements = SettlementDesk(pool)  # settlement files (reads)
+        self.webhooks = webhooks  # partner webhooks: events and endpoints (/ops/webhooks/…)
         self.eod_schedule = eod_schedule  # the daily schedule's view (cluster/eod_schedule.py)
         self.seeder = seeder
         self.operators = operators
@@ -198,6 +204,7 @@ class OpsApi:
         self.blacklist = blacklist
         self.pool = pool
         self.chart = chart
+        self.product_books = product_books  # books known before anything posts to them
         self.cluster_view = cluster_view
         self.common = common
 
@@ -216,7 +223,10 @@ class OpsApi:
         try:
             route, body = await self._handle(scope, receive)
             status = 200
-            await respond(send, 200, body)
+            if isinstance(body, Download):  # a file (text/csv), not JSON
+                await respond(send, 200, body, body.headers, body.content_type)
+            else:
+                await respond(send, 200, body)
         except HttpError as error:
             status = error.status
             await respond_error(send, error)
@@ -370,8 +380,12 @@ class OpsApi:
             return await self._blacklist(scope, receive, operator, method, path)
         if self.reviews.owns(path):
             return await self.reviews.handle(scope, receive, operator)
+        if self.settlements.owns(path):
+            return await self.settlements.handle(scope)
         if self.collections.owns(path):
             return await self.collections.handle(scope, receive, operator)
+        if self.webhooks is not None and self.webhooks.owns(path):
+            return await self.webhooks.handle(scope, receive, operator)
         if path == "/ops/eod":
             return await self._eod(scope, receive, operator, method)
         if path == "/ops/seed" and method == "POST":
@@ -431,7 +445,7 @@ class OpsApi:
         neither defined nor posted to is 404, not an empty (hence balanced) report."""
         book = query.get("book", [None])[0] or None
         if book is not None:
-            books = await gl_summary.known_books(self.pool)
+            books = await gl_summary.known_books(self.pool, self.product_books)
             if book not in books:
                 raise HttpError(404, "not_found",
                                 f"no book {book!r}; books: {', '.join(books)}", "book")

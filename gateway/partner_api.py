@@ -125,6 +125,7 @@ class PartnerApi:
         vault: PiiVault,
         screener: Screener,
         catalog: ProductCatalog,
+        merchants: dict[str, frozenset[str]],
         body_max_bytes: int,
         clock_skew_max_s: int,
         rate_per_s: float,
@@ -139,6 +140,9 @@ class PartnerApi:
         self.vault = vault
         self.screener = screener
         self.catalog = catalog
+        # 受托支付: partner → the merchants it may name as payee (partners.toml `merchants`);
+        # a partner that lists none may name any merchant (the sandbox's partners).
+        self.merchants = merchants
         self.body_max_bytes = body_max_bytes
         self.clock_skew_max_s = clock_skew_max_s
         self.rate_per_s = rate_per_s
@@ -270,6 +274,7 @@ class PartnerApi:
         body = _decode(_APPLICATION, request.body)
         shard, facts = self._customer_facts(body)
         self._check_product(body)
+        self._check_merchant(request.partner_id, body)
         command = SubmitApplication(
             request.partner_id, key, _request_hash(request), body.partner_application_id,
             body.product_code, body.amount, body.term, facts, body.device.device_id,
@@ -515,6 +520,17 @@ class PartnerApi:
             raise HttpError(
                 400, "invalid_request",
                 f"{product.code} pays the merchant: merchant_id is required", "merchant_id",
+            )
+
+
+    def _check_merchant(self, partner_id: str, body: ApplicationIn) -> None:
+        """The payee of an entrusted disbursement must be one of the partner's merchants."""
+        known = self.merchants.get(partner_id)
+        if known is not None and body.merchant_id is not None and body.merchant_id not in known:
+            raise HttpError(
+                422, "merchant_unknown",
+                f"merchant {body.merchant_id} is not one of partner {partner_id}'s merchants",
+                "merchant_id",
             )
 
 

@@ -63,6 +63,9 @@ class Repay(msgspec.Struct, frozen=True, tag="repay"):
     amount: int
     external_ref: str
     kind: str
+    # Who asked: "partner" (the partner API) or "withholding" (end of day's 代扣 through
+    # cluster/outbox.py); told to the partner in its repayment.applied webhook event.
+    source: str = "partner"
 
 
 class GetLoan(msgspec.Struct, frozen=True, tag="get_loan"):

@@ -25,6 +25,7 @@ INTEREST_RECEIVABLE = "interest_receivable"
 PENALTY_RECEIVABLE = "penalty_receivable"
 FEE_RECEIVABLE = "fee_receivable"
 GUARANTEE_RECEIVABLE = "guarantee_receivable"
+MERCHANT_CLEARING = "merchant_clearing"  # entrusted payment (受托支付): paid to a merchant
 FUNDER_PAYABLE = "funder_payable"
 INTEREST_INCOME = "interest_income"
 PENALTY_INCOME = "penalty_income"
@@ -44,6 +45,7 @@ ROLE_SIDES: dict[str, str] = {
     PENALTY_RECEIVABLE: "debit",
     FEE_RECEIVABLE: "debit",
     GUARANTEE_RECEIVABLE: "debit",
+    MERCHANT_CLEARING: "credit",
     FUNDER_PAYABLE: "credit",
     INTEREST_INCOME: "credit",
     PENALTY_INCOME: "credit",
@@ -68,6 +70,7 @@ ACCRUAL_RESUMED = "accrual_resumed"
 WRITE_OFF = "write_off"
 INTEREST_ADJUSTMENT = "interest_adjustment"
 REVERSAL = "reversal"
+GUARANTEE_COMPENSATION = "guarantee_compensation"
 
 
 class Line(msgspec.Struct, frozen=True, array_like=True):
@@ -76,11 +79,23 @@ class Line(msgspec.Struct, frozen=True, array_like=True):
     credit: int
 
 
+class Move(msgspec.Struct, frozen=True, array_like=True):
+    """One amount moved from a credit role to a debit role: the unit a posting is split in
+    when a loan is funded by several books (lending.funding). A posting's moves add up to
+    its lines."""
+
+    debit: str
+    credit: str
+    amount: int
+
+
 class Posting(msgspec.Struct, frozen=True, array_like=True):
-    """A balanced set of lines of one kind, before it gets its id, date, book and cause."""
+    """A balanced set of lines of one kind, before it gets its id, date, book and cause.
+    `moves` pairs its debits with its credits (empty for a posting built from lines)."""
 
     kind: str
     lines: tuple[Line, ...]
+    moves: tuple[Move, ...] = ()
 
 
 class JournalEntry(msgspec.Struct, frozen=True):
@@ -98,28 +113,39 @@ class UnbalancedEntry(ValueError):
 
 
 class PostingBuilder:
-    """Collects debits and credits of one posting; same-role lines on a side are merged."""
+    """Collects debits and credits of one posting; same-role lines on a side are merged.
 
-    __slots__ = ("_credits", "_debits", "kind")
+    It also keeps which debit each credit pays for (the posting's moves): `move` records
+    its pair as it is; the legs of `debit` and `credit` calls are paired in the order they
+    were made when the posting is built (a repayment's one cash debit against each of its
+    credits, a write-off's loss against each principal class)."""
+
+    __slots__ = ("_credits", "_debits", "_lone_credits", "_lone_debits", "_moves", "kind")
 
     def __init__(self, kind: str) -> None:
         self.kind = kind
         self._debits: dict[str, int] = {}
         self._credits: dict[str, int] = {}
+        self._moves: list[Move] = []
+        self._lone_debits: list[tuple[str, int]] = []
+        self._lone_credits: list[tuple[str, int]] = []
 
     def debit(self, role: str, amount: int) -> None:
         if amount:
             self._debits[role] = self._debits.get(role, 0) + amount
+            self._lone_debits.append((role, amount))
 
     def credit(self, role: str, amount: int) -> None:
         if amount:
             self._credits[role] = self._credits.get(role, 0) + amount
+            self._lone_credits.append((role, amount))
 
     def move(self, debit_role: str, credit_role: str, amount: int) -> None:
         """Dr debit_role / Cr credit_role for amount (nothing when amount is 0)."""
         if amount:
-            self.debit(debit_role, amount)
-            self.credit(credit_role, amount)
+            self._debits[debit_role] = self._debits.get(debit_role, 0) + amount
+            self._credits[credit_role] = self._credits.get(credit_role, 0) + amount
+            self._moves.append(Move(debit_role, credit_role, amount))
 
     def is_empty(self) -> bool:
         return not self._debits and not self._credits
@@ -129,7 +155,29 @@ class PostingBuilder:
             [Line(role, amount, 0) for role, amount in self._debits.items()]
             + [Line(role, 0, amount) for role, amount in self._credits.items()]
         )
-        return make_posting(self.kind, lines)
+        posting = make_posting(self.kind, lines)
+        moves = self._moves + _paired(self._lone_debits, self._lone_credits)
+        return Posting(posting.kind, posting.lines, tuple(moves))
+
+
+def _paired(debits: list[tuple[str, int]], credits: list[tuple[str, int]]) -> list[Move]:
+    """Lone debit and credit legs matched in order (they balance: make_posting checked)."""
+    moves: list[Move] = []
+    d = c = 0
+    debit_left = debits[0][1] if debits else 0
+    credit_left = credits[0][1] if credits else 0
+    while d < len(debits) and c < len(credits):
+        amount = min(debit_left, credit_left)
+        moves.append(Move(debits[d][0], credits[c][0], amount))
+        debit_left -= amount
+        credit_left -= amount
+        if not debit_left:
+            d += 1
+            debit_left = debits[d][1] if d < len(debits) else 0
+        if not credit_left:
+            c += 1
+            credit_left = credits[c][1] if c < len(credits) else 0
+    return moves
 
 
 def make_posting(kind: str, lines: Iterable[Line]) -> Posting:

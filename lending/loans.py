@@ -33,6 +33,7 @@ from datetime import date
 import msgspec
 
 from lending import ledger
+from lending.funding import Funding
 from lending.ledger import PostingBuilder
 from lending.money import BPS_PER_UNIT, DAYS_PER_YEAR, MONTHS_PER_YEAR, round_ratio_half_up
 from lending.schedules import ScheduleLine, installment_amount
@@ -46,6 +47,8 @@ INST_PENDING = "pending"
 INST_DUE = "due"
 INST_OVERDUE = "overdue"
 INST_PAID = "paid"
+
+PAYEE_BORROWER = "borrower"  # else "merchant:<id>" (受托支付)
 
 ALLOCATION_OLDEST_FIRST = "oldest_first"
 ALLOCATION_PRINCIPAL_INTEREST_FIRST = "principal_interest_first"
@@ -142,6 +145,12 @@ class Loan(msgspec.Struct, gc=False):
     # the installments: the first open one carries prepaid principal, the last a remainder.
     # 0 on loans stored before it existed (never prepaid): see _installment_in_force.
     installment_in_force: int = 0
+    # Joint and assisted lending: the books that fund the loan and what each holds
+    # (lending.funding); None for a self-funded loan, which posts everything in `book`.
+    funding: Funding | None = None
+    # 受托支付 booked since the merchant clearing account existed: the disbursement was
+    # credited to it (merchant_clearing), not to cash (loans stored before: cash).
+    entrusted_clearing: bool = False
 
     def outstanding_principal(self) -> int:
         return sum(i.principal - i.paid_principal for i in self.installments)
@@ -224,6 +233,7 @@ def new_loan(
     penalty_multiplier_pct: int = 150,
     grace_days: int = 3,
     compound_penalty: bool = False,
+    funding: Funding | None = None,
 ) -> Loan:
     installments = [
         Installment(line.period, line.due_date, line.principal, line.interest, line.fee)
@@ -254,6 +264,8 @@ def new_loan(
         compound_penalty=compound_penalty,
         installment_in_force=_period_payment(
             repayment_method, installments[0].principal, installments[0].interest),
+        funding=funding,
+        entrusted_clearing=payee != PAYEE_BORROWER,
     )
 
 
@@ -265,7 +277,8 @@ def _period_payment(method: str, principal: int, interest: int) -> int:
 def disbursement_posting(loan: Loan) -> ledger.Posting:
     """放款: the receivable appears, cash leaves (to the borrower or, entrusted, the merchant)."""
     builder = PostingBuilder(ledger.DISBURSEMENT)
-    builder.move(ledger.PRINCIPAL_NORMAL, ledger.CASH, loan.principal)
+    paid_from = ledger.MERCHANT_CLEARING if loan.entrusted_clearing else ledger.CASH
+    builder.move(ledger.PRINCIPAL_NORMAL, paid_from, loan.principal)
     return builder.build()
 
 

@@ -398,7 +398,7 @@ def decide(
         run.add_stage(PRICING, pricing.version, DECLINE, 0)
         return run.declined(PRICING, (NO_PRICE_TIER,))
     schedule = build_schedule(product.repayment_method, application.amount, rate,
-                              application.term, business_date, product.monthly_fee_bps)
+                              application.term, business_date, product.schedule_fee_bps)
     run.apr = apr = apr_bps(application.amount, schedule_payments(schedule, application.term))
     if apr > apr_cap_bps:
         run.add_stage(PRICING, pricing.version, DECLINE, 1)

@@ -17,13 +17,19 @@ import msgspec
 
 from lending.apr import apr_bps, schedule_payments
 from lending.calendar import MAX_TERM_MONTHS
-from lending.schedules import REPAYMENT_METHODS, build_schedule
+from lending.schedules import FEELESS_METHODS, REPAYMENT_METHODS, build_schedule
 
 LOAN_TYPES = ("cash", "installment_purchase")
 ALLOCATIONS = ("oldest_first", "principal_interest_first")
 FUNDING_MODELS = ("self", "assisted", "joint")
 PAYMENT_MODES = ("self", "entrusted")
 DEFAULT_APR_CAP_BPS = 2400
+GUARANTOR_IS_PARTNER = "partner"  # the partner that brought the loan guarantees it
+# Compensation comes before non-accrual (DOMAIN.md §3: past 90 DPD), so a compensated loan
+# moves only on-balance receivables to its guarantor.
+MAX_COMPENSATION_DPD = 90
+MAX_GUARANTEE_FEE_BPS = 500
+_FUNDER_ID = re.compile(r"[a-z0-9_]{1,32}")
 MAX_GRACE_DAYS = 30
 MAX_PENALTY_MULTIPLIER_PCT = 500
 _CODE_PATTERN = re.compile(r"[A-Za-z0-9_]+")
@@ -33,6 +39,22 @@ _MSGSPEC_FIELD = re.compile(r"(?:unknown|required) field `([^`]+)`|at `\$\.([A-Z
 # Schedule amounts do not depend on the calendar (months are r = annual/12 each), so any
 # date gives the same worst-case APR; a fixed one keeps validation clock-free.
 _APR_CHECK_DATE = date(2000, 1, 1)
+
+
+class FunderShare(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """One funder of a funded product: `own` (the lender) or a partner bank's id."""
+
+    funder: str
+    ratio_bps: int  # of 10,000
+
+
+class GuaranteeTerms(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """An assisted-lending guarantee (助贷担保): who guarantees, when it compensates (代偿),
+    and the guarantee fee (担保费) a month on the amount, charged with each installment."""
+
+    compensation_dpd: int
+    guarantor: str = GUARANTOR_IS_PARTNER  # or a partner id
+    fee_monthly_bps: int = 0
 
 
 class Product(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -61,6 +83,17 @@ class Product(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     funding_model: str = "self"
     payment_mode: str = "self"
     eligibility_rule_set: str = "default"
+    # Joint and assisted lending: who funds the loan, the lead (who takes every rounding
+    # residue) first. Empty for self-funded products.
+    funders: tuple[FunderShare, ...] = ()
+    guarantee: GuaranteeTerms | None = None
+
+    @property
+    def schedule_fee_bps(self) -> int:
+        """The monthly fee every installment carries: the product's own fee, or the
+        guarantee fee."""
+        guarantee_fee = self.guarantee.fee_monthly_bps if self.guarantee is not None else 0
+        return self.monthly_fee_bps + guarantee_fee
 
 
 class ProductError(ValueError):
@@ -89,6 +122,7 @@ def _problems(p: Product, apr_cap_bps: int) -> Iterable[tuple[str, str]]:
     yield from _amount_and_term_problems(p)
     yield from _rate_and_fee_problems(p)
     yield from _servicing_problems(p)
+    yield from _funding_problems(p)
     yield from _apr_problems(p, apr_cap_bps)
 
 
@@ -161,11 +195,59 @@ def _servicing_problems(p: Product) -> Iterable[tuple[str, str]]:
         yield "grace_days", f"must be in 0..{MAX_GRACE_DAYS}, got {p.grace_days}"
 
 
+def _funding_problems(p: Product) -> Iterable[tuple[str, str]]:
+    """Funders and guarantee (DOMAIN.md §7): ratios that add up exactly, known shapes."""
+    if p.funding_model == "self":
+        if p.funders:
+            yield "funders", "must be empty for a self-funded product"
+        if p.guarantee is not None:
+            yield "guarantee", "needs an assisted or joint product"
+        return
+    funders = [share.funder for share in p.funders]
+    minimum = 2 if p.funding_model == "joint" else 1
+    if len(funders) < minimum:
+        yield "funders", f"a {p.funding_model} product needs at least {minimum} funder(s)"
+    if len(set(funders)) != len(funders):
+        yield "funders", f"must be unique, got {funders}"
+    for share in p.funders:
+        if not _FUNDER_ID.fullmatch(share.funder):
+            yield "funders", f"funder must be a-z, 0-9 or _ (1-32), got {share.funder!r}"
+        if not 0 < share.ratio_bps <= 10_000:
+            yield "funders", f"ratio_bps of {share.funder} must be in 1..10000"
+    total = sum(share.ratio_bps for share in p.funders)
+    if p.funders and total != 10_000:
+        yield "funders", f"ratio_bps must sum to 10000 exactly, got {total}"
+    if p.funding_model == "assisted" and "own" in funders:
+        yield "funders", "assisted lending is funded by partner funders, not the lender"
+    yield from _guarantee_problems(p)
+
+
+def _guarantee_problems(p: Product) -> Iterable[tuple[str, str]]:
+    terms = p.guarantee
+    if terms is None:
+        return
+    if not 1 <= terms.compensation_dpd <= MAX_COMPENSATION_DPD:
+        yield "guarantee", (f"compensation_dpd must be in 1..{MAX_COMPENSATION_DPD} "
+                            f"(compensation precedes non-accrual), got {terms.compensation_dpd}")
+    if terms.guarantor != GUARANTOR_IS_PARTNER and not _FUNDER_ID.fullmatch(terms.guarantor):
+        yield "guarantee", (f"guarantor must be {GUARANTOR_IS_PARTNER!r} or a partner id, "
+                            f"got {terms.guarantor!r}")
+    if not 0 <= terms.fee_monthly_bps <= MAX_GUARANTEE_FEE_BPS:
+        yield "guarantee", f"fee_monthly_bps must be in 0..{MAX_GUARANTEE_FEE_BPS}"
+    if terms.fee_monthly_bps:
+        # Every fee of the loan is then the guarantor's: no other fee may share its account.
+        if p.monthly_fee_bps or p.prepayment_fee_bps:
+            yield "guarantee", ("a guarantee fee needs monthly_fee_bps and prepayment_fee_bps "
+                                "of 0 (every fee of the loan goes to the guarantor)")
+        if p.repayment_method in FEELESS_METHODS:
+            yield "guarantee", f"a guarantee fee does not apply to {p.repayment_method}"
+
+
 def _apr_problems(p: Product, apr_cap_bps: int) -> Iterable[tuple[str, str]]:
     """Worst case: the highest rate on the smallest amount, for every allowed term."""
     for term in p.terms:
         lines = build_schedule(p.repayment_method, p.amount_min, p.rate_max_bps, term,
-                               _APR_CHECK_DATE, p.monthly_fee_bps)
+                               _APR_CHECK_DATE, p.schedule_fee_bps)
         apr = apr_bps(p.amount_min, schedule_payments(lines, term))
         if apr > apr_cap_bps:
             yield "rate_max_bps", (f"gives APR {apr} bps at term {term} and amount "

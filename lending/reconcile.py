@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import msgspec
 
-from lending import ledger
+from lending import funding, ledger
 from lending.loans import Loan, unpaid_principal_by_class
 
 RECONCILED_ROLES = (
     ledger.CASH,
+    ledger.MERCHANT_CLEARING,
+    ledger.GUARANTEE_RECEIVABLE,
     ledger.PRINCIPAL_NORMAL,
     ledger.PRINCIPAL_OVERDUE,
     ledger.INTEREST_RECEIVABLE,
@@ -45,7 +47,11 @@ def expected_balances(loan: Loan) -> dict[str, int]:
         fee += inst.fee_recognized - inst.paid_fee
         collected += inst.paid_principal + inst.paid_interest + inst.paid_fee + inst.paid_penalty
     balances = dict.fromkeys(RECONCILED_ROLES, 0)
-    balances[ledger.CASH] = collected + loan.prepayment_fees_paid - loan.principal
+    balances[ledger.CASH] = collected + loan.prepayment_fees_paid
+    if loan.entrusted_clearing:
+        balances[ledger.MERCHANT_CLEARING] = -loan.principal
+    else:
+        balances[ledger.CASH] -= loan.principal
     if loan.written_off_on is None:
         balances[ledger.PRINCIPAL_NORMAL] = normal
         balances[ledger.PRINCIPAL_OVERDUE] = overdue
@@ -60,12 +66,36 @@ def expected_balances(loan: Loan) -> dict[str, int]:
         balances[ledger.INTEREST_RECEIVABLE] = interest
         balances[ledger.PENALTY_RECEIVABLE] = penalty
         balances[ledger.FEE_RECEIVABLE] = fee
+    if loan.funding is not None and loan.funding.compensated_on is not None:
+        # 代偿: the guarantor holds the loan's receivables as its guarantee receivable.
+        for role in funding.COMPENSATED_ROLES:
+            balances[ledger.GUARANTEE_RECEIVABLE] += balances[role]
+            balances[role] = 0
     return balances
 
 
-def differences(loan: Loan, ledger_net: dict[str, int]) -> list[Difference]:
-    """Accounts where the loan's ledger (role → net debit) disagrees with its state."""
-    expected = expected_balances(loan)
+def in_book(loan: Loan, book: str | None) -> bool:
+    """Whether the loan has lines in `book` (None: any book)."""
+    if book is None or loan.book == book:
+        return True
+    return loan.funding is not None and loan.funding.share_of(book) is not None
+
+
+def expected_in(loan: Loan, book: str | None) -> dict[str, int]:
+    """role → net debit of the loan's lines in `book`, or in all its books (None). A funded
+    loan's part in one book is what that book's share holds (lending.funding)."""
+    if book is None or loan.funding is None:
+        return expected_balances(loan)
+    held = funding.expected_in_book(loan.funding, book)
+    return {role: held.get(role, 0) for role in RECONCILED_ROLES}
+
+
+def differences(
+    loan: Loan, ledger_net: dict[str, int], book: str | None = None
+) -> list[Difference]:
+    """Accounts where the loan's ledger (role → net debit, in `book` or in all its books)
+    disagrees with its state."""
+    expected = expected_in(loan, book)
     return [
         Difference(loan.loan_id, role, expected[role], ledger_net.get(role, 0))
         for role in RECONCILED_ROLES

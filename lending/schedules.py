@@ -56,6 +56,10 @@ class ScheduleLine(msgspec.Struct, frozen=True):
         return self.principal + self.interest + self.fee
 
 
+# Methods that charge no monthly fee: their installments are not monthly payments of principal.
+FEELESS_METHODS = ("interest_first", "bullet")
+
+
 def build_schedule(
     method: str,
     principal: int,
@@ -68,20 +72,26 @@ def build_schedule(
 
     `bullet` yields ONE line (period 1) due `term` months after disbursement; the other
     methods yield `term` lines, line k due k months after disbursement.
-    `monthly_fee_bps` applies only to `installment_fee`, which charges no interest: passing
-    a fee to another method, or a rate to `installment_fee`, is refused rather than ignored.
+    `monthly_fee_bps` is a fee of round(P × fee) charged with every installment: the fee of
+    `installment_fee` (which charges no interest), or a guarantee fee (担保费) on
+    `equal_installment` and `equal_principal`. Passing a fee to `interest_first` or `bullet`,
+    or a rate to `installment_fee`, is refused rather than ignored.
     """
     _validate(method, principal, annual_rate_bps, term, monthly_fee_bps)
     dates = due_dates(disbursed_on, term)
+    fee = _round_ratio(principal * monthly_fee_bps, BPS_PER_UNIT)
     if method == "equal_installment":
-        return _equal_installment(principal, annual_rate_bps, term, dates)
+        lines = _equal_installment(principal, annual_rate_bps, term, dates)
+        if fee:
+            lines = [ScheduleLine(line.period, line.due_date, line.principal, line.interest,
+                                  fee) for line in lines]
+        return lines
     if method == "equal_principal":
-        return _equal_principal(principal, annual_rate_bps, term, dates, fee=0)
+        return _equal_principal(principal, annual_rate_bps, term, dates, fee=fee)
     if method == "interest_first":
         return _interest_first(principal, annual_rate_bps, term, dates)
     if method == "bullet":
         return _bullet(principal, annual_rate_bps, term, dates)
-    fee = _round_ratio(principal * monthly_fee_bps, BPS_PER_UNIT)
     return _equal_principal(principal, 0, term, dates, fee=fee)
 
 
@@ -118,8 +128,8 @@ def _validate(
         raise ValueError(f"annual_rate_bps must be >= 0, got {annual_rate_bps}")
     if monthly_fee_bps < 0:
         raise ValueError(f"monthly_fee_bps must be >= 0, got {monthly_fee_bps}")
-    if method != "installment_fee" and monthly_fee_bps:
-        raise ValueError(f"monthly_fee_bps applies only to installment_fee, not {method}")
+    if method in FEELESS_METHODS and monthly_fee_bps:
+        raise ValueError(f"monthly_fee_bps does not apply to {method}")
     if method == "installment_fee" and annual_rate_bps:
         raise ValueError("installment_fee charges no interest: annual_rate_bps must be 0, "
                          f"got {annual_rate_bps}")

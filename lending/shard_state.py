@@ -12,14 +12,14 @@ from __future__ import annotations
 import hashlib
 import random
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import date, timedelta
 from typing import Any
 
 import msgspec
 
 from lending import collections as coll
-from lending import ledger, views
+from lending import events, ledger, views
 from lending.apr import apr_bps, schedule_payments
 from lending.calendar import due_dates
 from lending.collections import CaseEvent, CollectionCase, CollectionsPolicy
@@ -43,9 +43,11 @@ from lending.commands import (
 )
 from lending.daily import ServicingPolicy, close_day
 from lending.decision import APPROVED, DECLINED, MANUAL_REVIEW, RiskPolicy
+from lending.funding import compensate, compensation_due, funding_for, split
 from lending.guarantee import NO_GUARANTEE, GuaranteePolicy
 from lending.loans import (
     LOAN_PAID_OFF,
+    PAYEE_BORROWER,
     Loan,
     RepaymentRefused,
     apply_repayment,
@@ -68,9 +70,8 @@ from lending.schedules import build_schedule
 
 ID_PREFIXES = {
     "customer": "CU", "application": "AP", "loan": "LN", "repayment": "RP", "entry": "JE",
-    "case": "CC", "request": "RQ",
+    "case": "CC", "request": "RQ", "event": "EV",
 }
-FUNDING_BOOKS = {"self": ledger.OWN_BOOK}
 
 
 def make_id(kind: str, shard_id: int, seq: int) -> str:
@@ -314,6 +315,8 @@ class Diff(msgspec.Struct):
     contact_logs: dict[str, tuple[date, ...]] = msgspec.field(default_factory=dict)
     frozen: dict[str, Loan] | None = None  # `loans` frozen, once: see frozen_loans
     booked: frozenset[str] = frozenset()  # ids in `loans` new to the shard (rows to insert)
+    # partner webhook events (outbox webhook_events; lending/events.py, cluster/webhooks.py)
+    webhook_events: list[events.WebhookEvent] = msgspec.field(default_factory=list)
 
     def frozen_loans(self) -> dict[str, Loan]:
         """`loans` frozen (lending.memory), in the same order. Made once, after the batch
@@ -328,7 +331,7 @@ class Diff(msgspec.Struct):
             self.customers or self.applications or self.loans or self.repayments
             or self.entries or self.idempotency or self.partner_refs or self.reviews
             or self.audit or self.eod is not None or self.cases or self.case_events
-            or self.requests or self.contacts
+            or self.requests or self.contacts or self.webhook_events
         )
 
 
@@ -362,6 +365,9 @@ class ApplyContext(msgspec.Struct, frozen=True):
     collections: CollectionsPolicy = CollectionsPolicy()
     collectors: frozenset[str] = frozenset()  # operators with the collector role
     guarantee: GuaranteePolicy = NO_GUARANTEE  # the end-of-day compensation hook
+    # Partners with a webhook endpoint (config or ops API; the host refreshes it): only
+    # their changes write webhook events (lending/events.py).
+    webhook_partners: frozenset[str] = frozenset()
 
 
 class ShardState:
@@ -587,13 +593,33 @@ class _Batch:
         self.diff.contact_logs[record.customer_id] = coll.with_contact(
             self.contact_log(record.customer_id), record.contact_on)
 
-    def post(self, loan: Loan, cause: str, posting: ledger.Posting) -> None:
-        """A journal entry of this batch, in the loan's book, dated the business date."""
-        entry = ledger.make_entry(
-            self.new_id("entry"), self.ctx.business_date, loan.book, loan.loan_id, cause,
-            posting,
-        )
-        self.diff.entries.append(entry)
+    def post(self, loan: Loan, cause: str, postings: Iterable[ledger.Posting]) -> Loan:
+        """The loan's postings as journal entries of this batch, dated the business date: in
+        the loan's book, or split over the books that fund it (lending.funding). Returns the
+        loan with its funding's holdings after them: the version to keep."""
+        if loan.funding is None:
+            for posting in postings:
+                self.entry(loan.book, loan.loan_id, cause, posting)
+            return loan
+        funding = loan.funding
+        for posting in postings:
+            funding, parts = split(funding, posting)
+            for book, part in parts:
+                self.entry(book, loan.loan_id, cause, part)
+        return msgspec.structs.replace(loan, funding=funding)
+
+    def entry(self, book: str, loan_id: str, cause: str, posting: ledger.Posting) -> None:
+        self.diff.entries.append(ledger.make_entry(
+            self.new_id("entry"), self.ctx.business_date, book, loan_id, cause, posting))
+
+    def emit(self, partner_id: str, drafts: Callable[[], list[events.Draft]]) -> None:
+        """The webhook events of a change (lending/events.py), for a partner with an endpoint
+        only: for any other, nothing is built and no id drawn."""
+        if partner_id not in self.ctx.webhook_partners:
+            return
+        for draft in drafts():
+            self.diff.webhook_events.append(events.make_event(
+                self.new_id("event"), partner_id, self.ctx.business_date, draft))
 
     def outstanding_principal(self, customer: Customer) -> int:
         total = 0
@@ -738,6 +764,8 @@ def _submit_application(batch: _Batch, cmd: SubmitApplication) -> Reply:
     )
     batch.put_application(app)
     batch.take_ref(ref, app.application_id)
+    batch.emit(app.partner_id, lambda: events.application_decided(
+        _application_view(app), events.BY_PIPELINE))
     return Reply(201, views.encode(_application_view(app)))
 
 
@@ -781,12 +809,6 @@ def _book_loan(batch: _Batch, cmd: BookLoan) -> Reply:
         return error_reply(409, "offer_expired", f"the offer expired on {app.expires_on}")
     customer = batch.customer(app.customer_id)
     assert customer is not None, "an application's customer lives in the same shard"
-    product = ctx.catalog.get(app.product_code, app.product_version)
-    if product.funding_model not in FUNDING_BOOKS:
-        return error_reply(
-            422, "funding_model_not_supported",
-            f"{product.code} is funded by {product.funding_model}; that model is not live yet",
-        )
     available = customer.credit_limit - batch.outstanding_principal(customer)
     if app.approved_amount > available:
         return error_reply(
@@ -794,8 +816,9 @@ def _book_loan(batch: _Batch, cmd: BookLoan) -> Reply:
             f"amount {app.approved_amount} exceeds the available limit {available}",
         )
     loan = _new_loan(batch, app)
-    batch.post(loan, loan.loan_id, disbursement_posting(loan))
+    loan = batch.post(loan, loan.loan_id, [disbursement_posting(loan)])
     batch.diff.loans[loan.loan_id] = loan
+    batch.emit(loan.partner_id, lambda: events.loan_disbursed(loan))
     batch.put_application(msgspec.structs.replace(app, loan_id=loan.loan_id))
     batch.put_customer(
         msgspec.structs.replace(customer, loan_ids=[*customer.loan_ids, loan.loan_id])
@@ -811,9 +834,11 @@ def _new_loan(batch: _Batch, app: Application, disbursed_on: date | None = None)
     disbursed_on = disbursed_on or batch.ctx.business_date
     schedule = build_schedule(
         product.repayment_method, app.approved_amount, app.annual_rate_bps, app.term,
-        disbursed_on, product.monthly_fee_bps,
+        disbursed_on, product.schedule_fee_bps,
     )
-    payee = f"merchant:{app.merchant_id}" if product.payment_mode == "entrusted" else "borrower"
+    payee = (f"merchant:{app.merchant_id}" if product.payment_mode == "entrusted"
+             else PAYEE_BORROWER)
+    book, funding = funding_for(product, app.partner_id)
     return new_loan(
         loan_id=batch.new_id("loan"),
         application_id=app.application_id,
@@ -821,7 +846,7 @@ def _new_loan(batch: _Batch, app: Application, disbursed_on: date | None = None)
         partner_id=app.partner_id,
         product_code=product.code,
         product_version=product.version,
-        book=FUNDING_BOOKS[product.funding_model],
+        book=book,
         annual_rate_bps=app.annual_rate_bps,
         apr_bps=app.apr_bps,
         repayment_method=product.repayment_method,
@@ -831,11 +856,12 @@ def _new_loan(batch: _Batch, app: Application, disbursed_on: date | None = None)
         payee=payee,
         term=app.term,
         schedule=schedule,
-        monthly_fee_bps=product.monthly_fee_bps,
+        monthly_fee_bps=product.schedule_fee_bps,
         penalty_rate_bps=product.penalty_base_rate_bps,
         penalty_multiplier_pct=product.penalty_multiplier_pct,
         grace_days=product.grace_days,
         compound_penalty=product.compound_penalty,
+        funding=funding,
     )
 
 
@@ -862,8 +888,7 @@ def _repay(batch: _Batch, cmd: Repay) -> Reply:
     # not show DPD 0 as special mention). Non-accrual and write-off change at end of day.
     updated.classification = batch.ctx.servicing.classify(updated.dpd)
     repayment_id = batch.new_id("repayment")
-    for posting in result.postings:
-        batch.post(loan, repayment_id, posting)
+    updated = batch.post(updated, repayment_id, result.postings)
     allocation = result.allocation
     record = RepaymentRecord(
         repayment_id, loan.loan_id, cmd.partner_id, cmd.external_ref, cmd.kind, cmd.amount,
@@ -873,6 +898,8 @@ def _repay(batch: _Batch, cmd: Repay) -> Reply:
     batch.diff.loans[loan.loan_id] = updated
     batch.diff.repayments.append(record)
     batch.take_ref(ref, repayment_id)
+    batch.emit(loan.partner_id, lambda: events.repayment_applied(
+        record, cmd.source, result.prepayment_fee, updated))
     body = views.RepaymentView(
         repayment_id=repayment_id,
         loan_id=loan.loan_id,
@@ -1041,6 +1068,8 @@ def _review_decision(batch: _Batch, cmd: ReviewDecision) -> Reply:
     new_review = Review(app.application_id, new_proposal, [*review.steps, step])
     batch.diff.reviews[app.application_id] = new_review
     batch.put_application(updated)
+    batch.emit(updated.partner_id, lambda: events.application_decided(
+        _application_view(updated), events.BY_REVIEW))
     if updated_customer is not customer:
         batch.put_customer(updated_customer)
     after = _review_snapshot(updated, updated_customer, new_proposal)
@@ -1082,7 +1111,7 @@ def _review_offer(
     if apr is None or app.annual_rate_bps is None:
         schedule = build_schedule(
             product.repayment_method, amount, rate, app.term, ctx.business_date,
-            product.monthly_fee_bps,
+            product.schedule_fee_bps,
         )
         apr = apr_bps(amount, schedule_payments(schedule, app.term))
     outstanding = batch.outstanding_principal(customer)
@@ -1265,10 +1294,12 @@ def _close_loan(
     overdue, penalty, DPD/bucket/classification, non-accrual, write-off), the guarantee
     hook, its collection case, and the next day's reminder and withholding."""
     result = close_day(loan, day, batch.ctx.servicing)
-    closed = result.loan
-    for posting in result.postings:
-        batch.post(closed, cause, posting)
+    closed = batch.post(result.loan, cause, result.postings)
+    if closed.funding is not None and compensation_due(closed.funding, loan.dpd, closed.dpd):
+        closed = _compensate(batch, closed, day, cause)
+        tally["guarantee_triggers"] += 1
     batch.diff.loans[loan.loan_id] = closed
+    batch.emit(loan.partner_id, lambda: events.day_closed(loan, closed))
     tally["accrued_interest"] += result.accrued_interest
     tally["accrued_penalty"] += result.accrued_penalty
     tally["became_overdue"] += result.became_overdue
@@ -1280,6 +1311,16 @@ def _close_loan(
     _plan_reminder(batch, closed, case, day, reminders, tally)
     _plan_withholding(batch, closed, day, tally)
     return closed
+
+
+def _compensate(batch: _Batch, loan: Loan, day: date, cause: str) -> Loan:
+    """代偿 (DOMAIN.md §7): the guarantor pays the funders what they hold of the loan and
+    takes it over; the borrower's later repayments go to the guarantor's book."""
+    assert loan.funding is not None
+    funding, postings, _ = compensate(loan.funding, day)
+    for book, posting in postings:
+        batch.entry(book, loan.loan_id, cause, posting)
+    return msgspec.structs.replace(loan, funding=funding)
 
 
 def _follow_case(
@@ -1477,9 +1518,7 @@ def _aged(batch: _Batch, loan: Loan) -> Loan:
     if loan.disbursed_on > yesterday:
         return loan
     result = close_day(loan, yesterday, batch.ctx.servicing)
-    for posting in result.postings:
-        batch.post(result.loan, loan.loan_id, posting)
-    return result.loan
+    return batch.post(result.loan, loan.loan_id, result.postings)
 
 
 def _seed_loans(batch: _Batch, cmd: SeedLoans) -> Reply:
@@ -1494,7 +1533,7 @@ def _seed_loans(batch: _Batch, cmd: SeedLoans) -> Reply:
         return error_reply(400, "invalid_request",
                            f"count must be in 1..{SEED_MAX_PER_COMMAND}", "count")
     products = sorted(
-        (p for p in ctx.catalog.latest() if p.funding_model in FUNDING_BOOKS),
+        (p for p in ctx.catalog.latest() if p.funding_model == "self"),
         key=lambda p: p.code,
     )
     if not products:
@@ -1537,7 +1576,7 @@ def _seed_loans(batch: _Batch, cmd: SeedLoans) -> Reply:
             merchant_id=merchant, purpose=SEED_PURPOSE, device_id="", ip="",
         )
         loan = _new_loan(batch, app, _seed_disbursed_on(rng, day))
-        batch.post(loan, loan.loan_id, disbursement_posting(loan))
+        loan = batch.post(loan, loan.loan_id, [disbursement_posting(loan)])
         batch.diff.loans[loan.loan_id] = _aged(batch, loan)
         batch.put_application(msgspec.structs.replace(app, loan_id=loan.loan_id))
         batch.put_customer(msgspec.structs.replace(customer, loan_ids=[loan.loan_id]))

@@ -10,6 +10,8 @@ from datetime import date
 
 import msgspec
 
+from lending import ledger
+from lending.funding import Funding
 from lending.loans import Allocation, Installment, Loan, PayoffQuote
 
 
@@ -32,7 +34,30 @@ class ScheduleItemView(msgspec.Struct, frozen=True):
     penalty: int
 
 
-class LoanView(msgspec.Struct, frozen=True):
+class FundingPartView(msgspec.Struct, frozen=True):
+    """What one book holds of a funded loan: on-balance principal (normal and overdue) and
+    receivables, and interest tracked off balance while the loan is non-accrual."""
+
+    book: str
+    ratio_bps: int
+    principal: int
+    interest: int
+    penalty: int
+    fee: int
+    off_balance_interest: int
+
+
+class FundingView(msgspec.Struct, frozen=True):
+    """Joint and assisted lending: the books that fund the loan, the lead (who takes every
+    rounding residue) first; the guarantor and its compensation (代偿), if any."""
+
+    parts: list[FundingPartView]
+    guarantor: str | None
+    compensation_dpd: int | None
+    compensated_on: date | None
+
+
+class LoanView(msgspec.Struct, frozen=True, omit_defaults=True):
     loan_id: str
     application_id: str
     customer_id: str
@@ -54,6 +79,7 @@ class LoanView(msgspec.Struct, frozen=True):
     non_accrual: bool
     written_off_on: date | None
     remaining_periods: int
+    funding: FundingView | None = None  # left out for a self-funded loan
 
 
 class AllocationView(msgspec.Struct, frozen=True):
@@ -186,6 +212,30 @@ def loan_view(loan: Loan) -> LoanView:
         non_accrual=loan.non_accrual,
         written_off_on=loan.written_off_on,
         remaining_periods=sum(1 for i in loan.installments if i.status != "paid"),
+        funding=None if loan.funding is None else funding_view(loan.funding),
+    )
+
+
+def funding_view(funding: Funding) -> FundingView:
+    parts = [
+        FundingPartView(
+            book=share.book,
+            ratio_bps=share.ratio_bps,
+            principal=(share.holding(ledger.PRINCIPAL_NORMAL)
+                       + share.holding(ledger.PRINCIPAL_OVERDUE)),
+            interest=share.holding(ledger.INTEREST_RECEIVABLE),
+            penalty=share.holding(ledger.PENALTY_RECEIVABLE),
+            fee=share.holding(ledger.FEE_RECEIVABLE),
+            off_balance_interest=share.holding(ledger.OFF_BALANCE_INTEREST),
+        )
+        for share in funding.shares
+    ]
+    guaranteed = bool(funding.guarantor_book)
+    return FundingView(
+        parts=parts,
+        guarantor=funding.guarantor_book or None,
+        compensation_dpd=funding.compensation_dpd if guaranteed else None,
+        compensated_on=funding.compensated_on,
     )
 
 

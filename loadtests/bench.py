@@ -118,6 +118,11 @@ def measure_baseline(duration_s: float) -> LoadResult:
         server.wait(10)
 
 
+# The product every application of the run asks for (`lendcore bench --product`); set once
+# by run_bench before any load starts.
+BENCH_PRODUCT = ["CASH_EI_12"]
+
+
 def application_body(i: int, run_id: str) -> bytes:
     """The i-th distinct sandbox applicant of a run: its own ID number, phone, device and IP,
     so anti-fraud velocity (a device or IP seen in 24 h is not approved) never trips.
@@ -126,7 +131,7 @@ def application_body(i: int, run_id: str) -> bytes:
     birth = date(1975, 1, 1) + timedelta(days=i // 800 % 7000)
     return msgspec.json.encode({
         "partner_application_id": f"bench-{run_id}-{i}",
-        "product_code": "CASH_EI_12", "amount": 1_000_000, "term": 12,
+        "product_code": BENCH_PRODUCT[0], "amount": 1_000_000, "term": 12,
         "applicant": {"name": "张三", "id_number": make_id_number("110105", birth, 100 + i % 800),
                       "phone": f"139{i % 10**8:08d}", "monthly_income": 1_200_000,
                       "region_code": "330100"},
@@ -573,8 +578,10 @@ def _stop(process: subprocess.Popen[str]) -> int:
 
 
 def run_bench(
-    config_file: Path | None, *, quick: bool, loans: int | None, duration: float | None
+    config_file: Path | None, *, quick: bool, loans: int | None, duration: float | None,
+    product: str = "CASH_EI_12",
 ) -> int:
+    BENCH_PRODUCT[0] = product
     loans_wanted = loans or (400 if quick else 20000)
     duration_s = duration or (3.0 if quick else 15.0)
     baseline = measure_baseline(duration_s)
@@ -606,7 +613,8 @@ def run_bench(
     parts = [f"{k}={figures[k]:.3f}" if k == "repay_ratio" or "cpu_ms" in k
              else f"{k}={figures[k]:.1f}" if isinstance(figures[k], float)
              else f"{k}={figures[k]}" for k in order]
-    parts += [f"balanced={str(balanced).lower()}", f"up_exit={exit_code}"]
+    parts += [f"balanced={str(balanced).lower()}", f"up_exit={exit_code}",
+              f"product={product}"]
     print(" ".join(parts), flush=True)
     healthy = figures["errors"] == 0 and figures["app_not_approved"] == 0
     return 0 if balanced and exit_code == 0 and healthy else 1

@@ -116,10 +116,11 @@ async def reconciliation(
             ledger_net.setdefault(row["loan_id"], {})[role_of[row["account"]]] = int(row["net"])
         for row in states:
             loan = decode_loan_row(row["state"])
-            if book is not None and loan.book != book:
+            if not reconcile.in_book(loan, book):
                 continue
             checked += 1
-            for difference in reconcile.differences(loan, ledger_net.pop(loan.loan_id, {})):
+            lines = ledger_net.pop(loan.loan_id, {})
+            for difference in reconcile.differences(loan, lines, book):
                 loans_with_differences.add(loan.loan_id)
                 if len(shown) < DIFFERENCES_SHOWN_MAX:
                     shown.append(_difference_row(chart, difference))

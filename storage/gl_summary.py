@@ -22,7 +22,6 @@ from typing import Any
 import asyncpg
 
 from lending.chart import Chart
-from lending.shard_state import FUNDING_BOOKS
 
 REPORT_KEY = "gl_summary"  # the run report's per-book totals; present once the summary is built
 
@@ -137,11 +136,11 @@ def totals_per_book(rows: Iterable[tuple[str, int, int]]) -> dict[str, dict[str,
     }
 
 
-async def known_books(pool: asyncpg.Pool) -> list[str]:
-    """Every book a product can post to (FUNDING_BOOKS: today only the lender's own) and
-    every book the ledger has posted to."""
+async def known_books(pool: asyncpg.Pool, product_books: Iterable[str]) -> list[str]:
+    """Every book a product can post to (lending.funding.product_books) and every book the
+    ledger has posted to."""
     rows = await pool.fetch("SELECT DISTINCT book FROM account_balances")
-    return sorted({*FUNDING_BOOKS.values(), *(r["book"] for r in rows)})
+    return sorted({*product_books, *(r["book"] for r in rows)})
 
 
 async def is_built(pool: asyncpg.Pool, day: date) -> bool:

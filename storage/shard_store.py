@@ -256,6 +256,16 @@ cr AS (
          (r->>8)::int8, r->>9, r->>10
   FROM jsonb_array_elements($18::jsonb) AS r
   WHERE EXISTS (SELECT FROM fence)
+),
+wh AS (
+  -- partner webhook events (the outbox cluster/webhooks.py delivers; migration 0016), in
+  -- the order the shard made them (`id` is the operators' newest-first order)
+  INSERT INTO webhook_events (shard_id, event_id, partner_id, event_type, order_key, loan_id,
+                              occurred_on, body)
+  SELECT (r->>0)::int4, r->>1, r->>2, r->>3, r->>4, r->>5, (r->>6)::date, r->>7
+  FROM jsonb_array_elements($28::jsonb) WITH ORDINALITY AS t(r, n)
+  WHERE EXISTS (SELECT FROM fence)
+  ORDER BY n
 )
 SELECT lendcore_check_group_commit((SELECT count(*) FROM fence), cardinality($1::int4[]),
                                    (SELECT count(*) FROM lu), $26)
@@ -304,7 +314,7 @@ class _Params:
 # The tables whose rows go to _COMMIT as jsonb parameters.
 _TABLES = ("customers", "applications", "loans", "repayments", "lines", "balances",
            "idempotency", "refs", "reviews", "audit", "eod", "cases", "events", "contacts",
-           "requests", "movements")
+           "requests", "movements", "webhooks")
 
 
 def _add_shard(
@@ -375,6 +385,11 @@ def _add_shard(
          q.partner_id, q.amount, q.template, q.case_id)
         for q in diff.requests
     ]
+    t["webhooks"] += [
+        (shard_id, w.event_id, w.partner_id, w.event_type, w.order_key, w.loan_id,
+         w.occurred_on, w.body)
+        for w in diff.webhook_events
+    ]
 
 
 def _commit_args(
@@ -396,6 +411,7 @@ def _commit_args(
         t["movements"],
         [n[1] for n in stored], [n[2] for n in stored], [n[3] for n in stored],
         [n[4] for n in stored], [n[5] for n in stored], len(stored), [n[0] for n in stored],
+        t["webhooks"],
     ]
 
 

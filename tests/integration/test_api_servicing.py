@@ -503,15 +503,17 @@ def test_the_books_agree_with_every_loan(
             " WHERE loan_id = $1 GROUP BY account", loan_id,
         )))
         assert repayments["whole"] in (None, True), loan_id
-        # Cash: out the disbursement, in every repayment.
-        assert net.get("1001", 0) == repayments["amount"] - P, loan_id
+        # Cash: out the disbursement (to the merchant's clearing account, 2241, when the
+        # product pays the merchant: 受托支付), in every repayment.
+        assert net.get("1001", 0) + net.get("2241", 0) == repayments["amount"] - P, loan_id
         assert net.get("1101", 0) + net.get("1102", 0) == view["outstanding"]["principal"]
         assert P - repayments["principal"] == view["outstanding"]["principal"], loan_id
         # Nothing accrues on day 0: interest and fees are income when collected.
         assert -net.get("6011", 0) == repayments["interest"], loan_id
         assert -net.get("6021", 0) == repayments["fee"], loan_id
         assert {code for code, amount in net.items() if amount} <= {
-            "1001", "1101", "1102", "6011", "6021"}, (loan_id, net)
+            "1001", "1101", "1102", "2241", "6011", "6021"}, (loan_id, net)
+        assert ("2241" in net) == (view["payee"] != "borrower"), (loan_id, net)
         paid = {part: sum(line["paid"][part] for line in view["schedule"])
                 for part in ("principal", "interest", "fee", "penalty")}
         assert paid == {part: repayments[part] for part in paid}, loan_id

@@ -22,6 +22,7 @@ TOKENS = {role: f"{role}-{uuid.uuid4().hex}" for role in ROLES}
 UNKNOWN_APPLICATION = "AP-0000-9999999999"
 UNKNOWN_CASE = "CC-0000-9999999999"
 UNKNOWN_LOAN = "LN-0000-9999999999"
+UNKNOWN_EVENT = "EV-0000-9999999999"
 
 # One request per route: (path with query, JSON body or None). Writes carry a body the
 # handler refuses (400) or name an object that does not exist (404), so an allowed call
@@ -34,6 +35,9 @@ REQUESTS: dict[tuple[str, str], tuple[str, Any]] = {
     ("GET", "/ops/ledger/trial-balance"): ("/ops/ledger/trial-balance", None),
     ("GET", "/ops/ledger/daily-summary"): ("/ops/ledger/daily-summary", None),
     ("GET", "/ops/ledger/reconciliation"): ("/ops/ledger/reconciliation?shard=x", None),
+    ("GET", "/ops/settlements"): ("/ops/settlements?business_date=x", None),
+    ("GET", "/ops/settlements/{book}/{business_date}"):
+        ("/ops/settlements/funder:nobody/2026-11-29", None),
     ("GET", "/ops/cluster"): ("/ops/cluster", None),
     ("GET", "/ops/applications/{application_id}"):
         (f"/ops/applications/{UNKNOWN_APPLICATION}", None),
@@ -65,6 +69,14 @@ REQUESTS: dict[tuple[str, str], tuple[str, Any]] = {
     ("POST", "/ops/outbox/drain"): ("/ops/outbox/drain", None),  # the session never ran EOD
     ("GET", "/ops/loans/{loan_id}"): (f"/ops/loans/{UNKNOWN_LOAN}", None),
     ("GET", "/ops/business-summary"): ("/ops/business-summary", None),
+    ("GET", "/ops/webhooks/events"): ("/ops/webhooks/events", None),
+    ("GET", "/ops/webhooks/events/{event_id}"): (f"/ops/webhooks/events/{UNKNOWN_EVENT}", None),
+    ("POST", "/ops/webhooks/events/{event_id}/redeliver"):
+        (f"/ops/webhooks/events/{UNKNOWN_EVENT}/redeliver", None),
+    ("GET", "/ops/webhooks/endpoints"): ("/ops/webhooks/endpoints", None),
+    ("PUT", "/ops/webhooks/endpoints/{partner_id}"):
+        ("/ops/webhooks/endpoints/demo", {"url": "ftp://x", "secret": "short"}),
+    ("DELETE", "/ops/webhooks/endpoints/{partner_id}"): ("/ops/webhooks/endpoints/nobody", None),
 }
 
 

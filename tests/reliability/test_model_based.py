@@ -43,7 +43,8 @@ Invariants, after every step:
   until an end of day (accruals) it reads back exactly as the last acknowledged write
   showed it;
 - Postgres holds exactly the acknowledged repayments of those loans (same ids, amounts,
-  allocations) and each loan's cash account (1001) received exactly the acknowledged
+  allocations) and each loan's cash account (1001; its disbursement from 2241 when it is
+  paid to a merchant) received exactly the acknowledged
   amounts: a repayment applied twice, applied without an acknowledgement, or acknowledged
   and lost breaks these;
 - the trial balance balances (debits == credits) and `GET /ops/ledger/reconciliation` is
@@ -875,7 +876,9 @@ def check_durable(api: Api, loans: list[LoanModel]) -> None:
     stored = {row["loan_id"]: row for row in rows}
     cash = {row["loan_id"]: (row["d"], row["c"]) for row in api.pg(
         "SELECT loan_id, sum(debit)::int8 AS d, sum(credit)::int8 AS c FROM journal_lines "
-        "WHERE loan_id = ANY($1::text[]) AND account = '1001' GROUP BY loan_id", ids)}
+        # 2241: an entrusted loan (INST_FEE_12) pays its disbursement to the merchant
+        "WHERE loan_id = ANY($1::text[]) AND account IN ('1001', '2241') GROUP BY loan_id",
+        ids)}
     for loan in loans:
         row = stored.get(loan.loan_id)
         got_ids = sorted(row["ids"]) if row else []

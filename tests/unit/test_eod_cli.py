@@ -65,6 +65,15 @@ def test_summary_says_when_a_book_does_not_balance() -> None:
     assert "own: NOT BALANCED, debits 10 fen, credits 9 fen" in summary(report)
 
 
+def test_summary_lists_the_settlement_files_when_there_are_some() -> None:
+    assert "settlement files" not in summary({**REPORT, "settlements": {}})
+    report = {**REPORT, "settlements": {
+        "funder:bank_a": {"loans": 3, "net_cash": -700000, "sha256": "ab" * 32},
+        "guarantor:demo": {"loans": 0, "net_cash": 0, "sha256": "cd" * 32}}}
+    assert ("  settlement files    funder:bank_a 3 loans, net cash -700,000 fen; "
+            "guarantor:demo 0 loans, net cash 0 fen") in summary(report).splitlines()
+
+
 def test_only_a_run_of_the_current_date_is_asked_about() -> None:
     assert runs_a_date(None, BUSINESS_DATE)
     assert runs_a_date(BUSINESS_DATE, BUSINESS_DATE)

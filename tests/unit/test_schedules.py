@@ -274,9 +274,23 @@ def test_bad_input_is_refused(args: tuple[str, int, int, int], message: str) -> 
         build_schedule(*args, DISBURSED)
 
 
-def test_fee_on_a_non_fee_method_is_refused() -> None:
+@pytest.mark.parametrize("method", ["interest_first", "bullet"])
+def test_fee_on_a_feeless_method_is_refused(method: str) -> None:
     with pytest.raises(ValueError, match="monthly_fee_bps"):
-        build_schedule("equal_principal", 1000, 0, 3, DISBURSED, 60)
+        build_schedule(method, 100_000, 1800, 3, DISBURSED, 60)
+
+
+@pytest.mark.parametrize("method", ["equal_installment", "equal_principal"])
+def test_a_guarantee_fee_rides_on_every_installment_and_changes_nothing_else(
+    method: str,
+) -> None:
+    """A monthly fee (the guarantee fee of assisted lending) adds round(P × fee) to each
+    installment; principal and interest are those of the same loan without it."""
+    plain = build_schedule(method, 1_234_567, 1500, 12, DISBURSED)
+    with_fee = build_schedule(method, 1_234_567, 1500, 12, DISBURSED, 20)
+    assert [(x.principal, x.interest) for x in with_fee] == [
+        (x.principal, x.interest) for x in plain]
+    assert {x.fee for x in with_fee} == {2469}  # 1,234,567 × 0.20 % = 2,469.134 → 2,469
 
 
 def test_longest_term_is_exact() -> None:
