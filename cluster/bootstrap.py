@@ -48,6 +48,9 @@ def start_ray(settings: Settings, namespace: str = "lendcore") -> None:
         return
     logging.getLogger(RAY_AUTH_SETUP_LOGGER).addFilter(DropTokenAuthEnabledWarning())
     ray.init(
+        # "local": always a Ray of our own. Without it ray.init() joins any Ray it finds
+        # running on the machine (another user's, a test's), and then refuses num_cpus.
+        address="local",
         num_cpus=cluster.ray_num_cpus,
         object_store_memory=cluster.ray_object_store_mb * 1024 * 1024,
         include_dashboard=False,

@@ -47,7 +47,6 @@ from gateway.openapi import build_openapi
 from gateway.ops_api import Operator, OpsApi, common_endpoints
 from gateway.partner_api import PartnerApi
 from gateway.pii import PiiVault
-from gateway.ratelimit import RateLimiter
 from gateway.readiness import Readiness, shards_not_serving
 from gateway.redis_batch import ScriptBatcher
 from gateway.reviews import ReviewDesk
@@ -285,7 +284,6 @@ class System:
                 inflight_ttl_s=math.ceil(s.gateway.request_timeout_s) + 1,
                 response_ttl_s=s.gateway.idempotency_ttl_s, batcher=batcher,
             ),
-            limiter=RateLimiter(self._redis, s.redis.key_prefix, batcher),
             router=self.router,
             vault=vault,
             screener=Screener(self.antifraud, self.connectors),

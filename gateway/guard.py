@@ -1,7 +1,8 @@
 """Nonce and idempotency guard in Redis (API.md "Idempotency", ARCHITECTURE.md "Redis").
 
-One round trip on the way in (`admit`), one on the way out (`complete` or `abandon`), each a
-Lua script so that check-and-set is atomic across every gateway process.
+One round trip on the way in (`admit`: the partner's rate-limit token, the nonce and the
+idempotency key), one on the way out (`complete` or `abandon`), each a Lua script so that
+check-and-set is atomic across every gateway process.
 
 Idempotency record, a Redis hash at `{prefix}idem:{partner}:{key}`:
   in flight: {h: request_hash}                       EX inflight_ttl_s
@@ -20,13 +21,15 @@ import msgspec
 import redis.asyncio
 from redis.commands.core import AsyncScript
 
+from gateway.ratelimit import TAKE_TOKEN_LUA, bucket_args, bucket_key
 from gateway.redis_batch import ScriptBatcher
 
 logger = logging.getLogger(__name__)
 
-AdmissionOutcome = Literal["proceed", "replayed_request", "in_progress", "key_reused", "cached"]
+AdmissionOutcome = Literal[
+    "proceed", "rate_limited", "replayed_request", "in_progress", "key_reused", "cached"]
 _OUTCOMES: frozenset[str] = frozenset(
-    ("proceed", "replayed_request", "in_progress", "key_reused", "cached")
+    ("proceed", "rate_limited", "replayed_request", "in_progress", "key_reused", "cached")
 )
 
 NONCE_TTL_S_DEFAULT = 600  # API.md: a nonce seen in the last 600 s is a replay
@@ -34,20 +37,29 @@ INFLIGHT_TTL_S_DEFAULT = 60
 # API.md keeps keys at least 24 h; the extra hour covers a client retrying at the deadline.
 RESPONSE_TTL_S_DEFAULT = 86400 + 3600
 
-# KEYS[1] nonce key, KEYS[2] idempotency key (absent when the request carries none).
-# ARGV[1] nonce ttl s, ARGV[2] in-flight ttl s, ARGV[3] request hash.
-_ADMIT_LUA = """
+# KEYS[1] nonce key, KEYS[2] the partner's token bucket, KEYS[3] idempotency key (absent
+# when the request carries none). ARGV[1] nonce ttl s, ARGV[2] in-flight ttl s, ARGV[3]
+# request hash, ARGV[4..6] rate per s, burst, now ms (ARGV[4] '' when no rate applies).
+# The token is taken first: a request over the partner's rate is refused before its nonce
+# or key is touched, so it can be sent again as it was.
+_ADMIT_LUA = TAKE_TOKEN_LUA + """
+if ARGV[4] ~= '' then
+  local allowed, retry_after_s = take_token(KEYS[2], ARGV[4], ARGV[5], ARGV[6])
+  if allowed == 0 then
+    return {'rate_limited', retry_after_s}
+  end
+end
 if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then
   return {'replayed_request'}
 end
-if #KEYS < 2 then
+if #KEYS < 3 then
   return {'proceed'}
 end
-local stored = redis.call('HMGET', KEYS[2], 'h', 's', 'b')
+local stored = redis.call('HMGET', KEYS[3], 'h', 's', 'b')
 local stored_hash, status, body = stored[1], stored[2], stored[3]
 if not stored_hash then
-  redis.call('HSET', KEYS[2], 'h', ARGV[3])
-  redis.call('EXPIRE', KEYS[2], ARGV[2])
+  redis.call('HSET', KEYS[3], 'h', ARGV[3])
+  redis.call('EXPIRE', KEYS[3], ARGV[2])
   return {'proceed'}
 end
 if stored_hash ~= ARGV[3] then
@@ -91,6 +103,14 @@ class Admission(msgspec.Struct, frozen=True):
     outcome: str
     status: int = 0
     body: bytes = b""
+    retry_after_s: float = 0.0  # rate_limited: until the partner's next token
+
+
+class RateLimit(msgspec.Struct, frozen=True):
+    """The partner's token bucket, taken in the admission round trip."""
+
+    rate_per_s: float
+    burst: int
 
 
 class RedisGuard:
@@ -116,12 +136,17 @@ class RedisGuard:
         self._abandon_script = redis.register_script(_ABANDON_LUA)
 
     async def admit(
-        self, partner_id: str, nonce: str, idempotency_key: str | None, request_hash: str
+        self, partner_id: str, nonce: str, idempotency_key: str | None, request_hash: str,
+        rate: RateLimit | None = None, now_ms: int = 0,
     ) -> Admission:
-        keys = [self.nonce_key(partner_id, nonce)]
+        """One round trip: the partner's token (when `rate` is given), the nonce, then the
+        idempotency key."""
+        keys = [self.nonce_key(partner_id, nonce), bucket_key(self._prefix, partner_id)]
         if idempotency_key is not None:
             keys.append(self.idempotency_key(partner_id, idempotency_key))
         args: list[int | str] = [self._nonce_ttl_s, self._inflight_ttl_s, request_hash]
+        args += ["", "", ""] if rate is None else bucket_args(rate.rate_per_s, rate.burst,
+                                                              now_ms)
         reply = await self._run(self._admit_script, keys, args)
         return _admission_from_reply(reply)
 
@@ -164,6 +189,11 @@ def _admission_from_reply(reply: list[bytes | int]) -> Admission:
     if not isinstance(raw_outcome, bytes) or raw_outcome.decode("ascii") not in _OUTCOMES:
         raise RuntimeError(f"admit script returned an unexpected reply: {reply!r}")
     outcome = raw_outcome.decode("ascii")
+    if outcome == "rate_limited":
+        retry_after = reply[1]
+        if not isinstance(retry_after, bytes):
+            raise RuntimeError(f"admit script returned a malformed rate refusal: {reply!r}")
+        return Admission(outcome=outcome, retry_after_s=float(retry_after))
     if outcome != "cached":
         return Admission(outcome=outcome)
     status, body = reply[1], reply[2]

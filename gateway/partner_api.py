@@ -19,7 +19,7 @@ import msgspec
 from prometheus_client import Counter, Histogram
 from redis.exceptions import RedisError
 
-from gateway.guard import RedisGuard
+from gateway.guard import RateLimit, RedisGuard
 from gateway.http import (
     JSON,
     BodyTooLarge,
@@ -35,7 +35,6 @@ from gateway.http import (
     respond_error,
 )
 from gateway.pii import PiiVault
-from gateway.ratelimit import RateLimiter
 from gateway.router import Overloaded, ShardRouter
 from gateway.schemas import (
     ApplicationIn,
@@ -120,7 +119,6 @@ class PartnerApi:
         *,
         secrets: dict[str, bytes],
         guard: RedisGuard,
-        limiter: RateLimiter,
         router: ShardRouter,
         vault: PiiVault,
         screener: Screener,
@@ -135,7 +133,6 @@ class PartnerApi:
     ) -> None:
         self.secrets = secrets
         self.guard = guard
-        self.limiter = limiter
         self.router = router
         self.vault = vault
         self.screener = screener
@@ -145,8 +142,7 @@ class PartnerApi:
         self.merchants = merchants
         self.body_max_bytes = body_max_bytes
         self.clock_skew_max_s = clock_skew_max_s
-        self.rate_per_s = rate_per_s
-        self.rate_burst = rate_burst
+        self.rate = RateLimit(rate_per_s, rate_burst)  # per partner, taken on admission
         self.request_timeout_s = request_timeout_s
         self._releases: set[asyncio.Task[None]] = set()  # keys freed after a timeout
         self.common = common  # /healthz, /readyz, /metrics, /openapi.json
@@ -196,7 +192,8 @@ class PartnerApi:
             ) from exc
         request = _Request(method, path, route, body, header_map(scope))
         request.partner_id = self._authenticate(request)
-        await self._rate_limit(request.partner_id)
+        # Every handler admits its request (gateway/guard.py), which also takes the
+        # partner's rate-limit token: one Redis round trip for both.
         return route, await handler(request, ident)
 
     def _route(self, method: str, path: str) -> tuple[str, Handler, Any]:
@@ -231,19 +228,6 @@ class PartnerApi:
             )
         except AuthError as error:
             raise HttpError(401, error.code, error.message) from error
-
-    async def _rate_limit(self, partner_id: str) -> None:
-        try:
-            allowed, retry_after = await self.limiter.allow(
-                partner_id, self.rate_per_s, self.rate_burst, int(time.time() * 1000)
-            )
-        except RedisError as exc:
-            raise _redis_down(exc) from exc
-        if not allowed:
-            raise HttpError(
-                429, "rate_limited", "request rate over the partner's limit",
-                retry_after_s=max(1, int(retry_after + 0.999)),
-            )
 
     # ---- GET ------------------------------------------------------------------------------
 
@@ -408,13 +392,19 @@ class PartnerApi:
         """None to proceed, or the full response when the request must not run."""
         try:
             admission = await self.guard.admit(
-                request.partner_id, request.headers["x-nonce"], key, request_hash
+                request.partner_id, request.headers["x-nonce"], key, request_hash,
+                self.rate, int(time.time() * 1000),
             )
         except RedisError as exc:
             raise _redis_down(exc) from exc
         outcome = admission.outcome
         if outcome == "proceed":
             return None
+        if outcome == "rate_limited":
+            raise HttpError(
+                429, "rate_limited", "request rate over the partner's limit",
+                retry_after_s=max(1, int(admission.retry_after_s + 0.999)),
+            )
         if outcome == "replayed_request":
             raise HttpError(401, "replayed_request", "this nonce was already used")
         if outcome == "in_progress":

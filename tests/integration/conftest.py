@@ -122,6 +122,7 @@ class RunningSystem:
 @pytest.fixture(scope="session")
 def ray_cluster() -> Iterator[None]:
     ray.init(
+        address="local",  # a Ray of the run's own, never one found running on the machine
         num_cpus=2, object_store_memory=96 * 1024 * 1024, include_dashboard=False,
         namespace=f"lendcore-test-{uuid.uuid4().hex[:8]}", log_to_driver=False,
     )

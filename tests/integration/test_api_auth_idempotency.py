@@ -5,11 +5,13 @@ from __future__ import annotations
 import threading
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import httpx
 import msgspec
 import pytest
+from conftest import fresh_system
 from factories import app_body, assert_error, get_loan, new_loan, ref
 
 from gateway.signing import signed_headers
@@ -358,3 +360,27 @@ def test_body_of_exactly_1_mib_is_read(demo: PartnerClient) -> None:
 def test_unknown_route_is_404(demo: PartnerClient, method: str, path: str) -> None:
     body: dict[str, Any] | None = {} if method == "POST" else None
     assert_error(demo.request(method, path, body), 404, "not_found")
+
+
+def test_over_the_partners_rate_the_api_answers_429_and_the_same_request_runs_later(
+    ray_cluster: None, tmp_path: Path,
+) -> None:
+    """The token is taken in the admission round trip (gateway/guard.py): past the burst a
+    request is refused 429 with Retry-After, having used neither its nonce nor its key, so
+    the partner sends it again unchanged once a token is back."""
+    config = tmp_path / "rate.toml"
+    config.write_text("[gateway]\nrate_per_partner_s = 1.0\nrate_burst = 2\n")
+    with fresh_system(config) as running:
+        client = running.client()
+        assert client.get("/v1/customers/CU-0000-0000000001").status_code == 404
+        assert client.get("/v1/customers/CU-0000-0000000001").status_code == 404
+        content = msgspec.json.encode(app_body())
+        headers = signed_headers(client.partner_id, client.secret, "POST", "/v1/applications",
+                                 content, int(time.time()), nonce=f"n-{uuid.uuid4().hex}",
+                                 idempotency_key=f"k-{uuid.uuid4().hex}")
+        refused = client.http.post("/v1/applications", content=content, headers=headers)
+        assert_error(refused, 429, "rate_limited", None)
+        assert int(refused.headers["retry-after"]) >= 1
+        time.sleep(1.1)
+        accepted = client.http.post("/v1/applications", content=content, headers=headers)
+        assert accepted.status_code == 201, accepted.text

@@ -18,7 +18,7 @@ from conftest_redis import REDIS_URL, redis_prefix  # noqa: F401
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from gateway.guard import Admission, RedisGuard
+from gateway.guard import Admission, RateLimit, RedisGuard
 from gateway.ratelimit import RateLimiter
 
 PARTNER = "demo"
@@ -349,3 +349,37 @@ async def test_invalid_limits_are_refused(limiter: RateLimiter) -> None:
         await limiter.allow(PARTNER, 0.0, 5, T0_MS)
     with pytest.raises(ValueError):
         await limiter.allow(PARTNER, 1.0, 0, T0_MS)
+
+
+# --- the token taken on admission (the partner API's one round trip) ----------------------
+
+
+@pytest.mark.asyncio
+async def test_admission_takes_the_partners_token_and_refuses_past_the_burst(
+    guard: RedisGuard, limiter: RateLimiter
+) -> None:
+    """admit(rate=…) spends the same bucket RateLimiter does; past the burst it answers
+    rate_limited with the wait, and touches neither the nonce nor the key: the very same
+    request proceeds once a token is back."""
+    rate = RateLimit(2.0, 3)
+    for _ in range(3):
+        admitted = await guard.admit(PARTNER, fresh_nonce(), None, HASH_A, rate, T0_MS)
+        assert admitted.outcome == "proceed"
+    refused = await guard.admit(PARTNER, "nonce-limited", "key-limited", HASH_A, rate, T0_MS)
+    assert refused.outcome == "rate_limited"
+    assert refused.retry_after_s == pytest.approx(0.5)
+    assert await limiter.allow(PARTNER, 2.0, 3, T0_MS) == (False, pytest.approx(0.5))
+    later = await guard.admit(PARTNER, "nonce-limited", "key-limited", HASH_A, rate,
+                              T0_MS + 1000)
+    assert later.outcome == "proceed"  # nonce and key were left untouched by the refusal
+    replay = await guard.admit(PARTNER, "nonce-limited", None, HASH_A, rate, T0_MS + 5000)
+    assert replay.outcome == "replayed_request"
+
+
+@pytest.mark.asyncio
+async def test_admission_without_a_rate_takes_no_token(
+    guard: RedisGuard, limiter: RateLimiter
+) -> None:
+    for _ in range(5):
+        assert (await guard.admit(PARTNER, fresh_nonce(), None, HASH_A)).outcome == "proceed"
+    assert (await limiter.allow(PARTNER, 1.0, 1, T0_MS))[0]  # the bucket was still full

@@ -46,6 +46,7 @@ def ray_cluster() -> Iterator[None]:
         yield
         return
     ray.init(
+        address="local",  # a Ray of the run's own, never one found running on the machine
         num_cpus=2, object_store_memory=96 * 1024 * 1024, include_dashboard=False,
         namespace=f"lendcore-test-{uuid.uuid4().hex[:8]}", log_to_driver=False,
     )
