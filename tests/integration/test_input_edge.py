@@ -158,15 +158,15 @@ class _Broken:
 @pytest.fixture
 def broken_collaborators(system: Any) -> Iterator[None]:
     partner, operator = _app(system, PartnerApi), _app(system, OpsApi)
-    limiter, cluster_view = partner.limiter, operator.cluster_view
-    partner.limiter = _Broken()
+    guard, cluster_view = partner.guard, operator.cluster_view
+    partner.guard = _Broken()
 
     async def failing_view() -> dict[str, Any]:
         raise KeyError("bug")
 
     operator.cluster_view = failing_view
     yield
-    partner.limiter, operator.cluster_view = limiter, cluster_view
+    partner.guard, operator.cluster_view = guard, cluster_view
 
 
 def test_a_bug_is_answered_500_in_the_envelope_on_both_ports(
