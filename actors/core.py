@@ -37,6 +37,7 @@ INACTIVE = "inactive"
 SERVING = "serving"
 RELOADING = "reloading"
 LOST = "lost"
+MOVED = "moved"  # released to another host (actors.host.ShardHostCore.release)
 
 RELOAD_BACKOFF_S = (0.05, 0.1, 0.2, 0.5, 1.0)
 RELOAD_RETRY_S = 1.0  # while Postgres stays away, a reloading shard tries again this often
@@ -54,6 +55,12 @@ STORAGE_ERRORS = (
 
 def unavailable(reason: str) -> Reply:
     return error_reply(503, "shard_unavailable", reason)
+
+
+def moved(reason: str) -> Reply:
+    """The shard is not (or no longer) served here: the gateway re-reads the shard map and
+    sends the same command (same idempotency key) to the shard's owner now."""
+    return error_reply(503, "shard_moved", reason)
 
 
 class ShardCore:
@@ -99,6 +106,8 @@ class ShardCore:
         future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
         if self.status == LOST:
             future.set_result(unavailable(f"shard {self.shard_id} moved to another owner"))
+        elif self.status == MOVED:
+            future.set_result(moved(f"shard {self.shard_id} was released by this host"))
         elif len(self._inbox) >= self.inbox_max:
             # Not retried by the gateway: a full inbox needs the client to slow down.
             future.set_result(error_reply(503, "shard_busy", f"shard {self.shard_id} is full"))
@@ -124,8 +133,30 @@ class ShardCore:
             self._loop_task.cancel()
             await asyncio.gather(self._loop_task, return_exceptions=True)
 
+    async def release(self) -> int:
+        """Hand the shard over: stop taking commands (they are answered `shard_moved`, which
+        the gateway retries on the new owner), let the batch being applied commit and
+        answer, bounce what is queued, stop the loop and drop the shard's memory. Returns
+        how many queued commands were bounced. Idempotent. The lease is not touched: the
+        new owner takes epoch + 1, which fences this owner out for good anyway."""
+        if self.status == MOVED:
+            return 0
+        self.status = MOVED
+        bounced = len(self._inbox)  # from now on nothing more is queued
+        await self._batch_done.wait()  # the batch in flight commits (or fails) and answers
+        self.status = MOVED  # a failing batch may have set RELOADING or LOST meanwhile
+        self._fail_queued(f"shard {self.shard_id} moved", moved)
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            await asyncio.gather(self._loop_task, return_exceptions=True)
+            self._loop_task = None
+        self._fail_queued(f"shard {self.shard_id} moved", moved)
+        self.state = None
+        release_free_memory()
+        return bounced
+
     async def _run(self) -> None:
-        while self.status != LOST:
+        while self.status not in (LOST, MOVED):
             if self.status == RELOADING:
                 await self._reload()
                 if self.status == RELOADING:
@@ -143,7 +174,10 @@ class ShardCore:
                 await self._process(batch)
             finally:
                 self._batch_done.set()
-        self._fail_queued(f"shard {self.shard_id} moved to another owner")
+        if self.status == MOVED:
+            self._fail_queued(f"shard {self.shard_id} moved", moved)
+        else:
+            self._fail_queued(f"shard {self.shard_id} moved to another owner")
 
     async def _process(self, batch: list[tuple[Command, asyncio.Future[Reply]]]) -> None:
         commands = [command for command, _ in batch]
@@ -262,8 +296,10 @@ class ShardCore:
             raise LeaseLost(f"shard {self.shard_id}: epoch {self.epoch} is no longer the owner")
         return int(value)
 
-    def _fail_queued(self, reason: str) -> None:
+    def _fail_queued(
+        self, reason: str, reply: Callable[[str], Reply] = unavailable,
+    ) -> None:
         while self._inbox:
             _, future = self._inbox.popleft()
             if not future.done():
-                future.set_result(unavailable(reason))
+                future.set_result(reply(reason))

@@ -9,6 +9,7 @@ happens once per process, so a restarted actor rebuilds itself on the first call
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
@@ -22,7 +23,8 @@ import msgspec
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from actors.core import COMMIT_S_BOUNDS, ShardCore, unavailable
+from actors.core import COMMIT_S_BOUNDS, LOST, MOVED, ShardCore, moved, unavailable
+from actors.heap import release_free_memory
 from lending.chart import load_chart
 from lending.collections import CollectionsPolicy
 from lending.commands import BATCH_DECODER, BATCH_ENCODER, Reply
@@ -31,7 +33,7 @@ from lending.decision import RiskPolicy
 from lending.products import ProductCatalog, load_catalog
 from lending.riskbook import RiskBookReloader
 from lending.shard_state import ApplyContext
-from storage import cluster_store, webhook_store
+from storage import cluster_store, shard_map_store, webhook_store
 from storage.db import create_pool
 from storage.group_commit import GroupCommitter
 from storage.shard_store import ShardStore
@@ -60,6 +62,10 @@ class HostConfig(msgspec.Struct, frozen=True):
     # Partners whose webhook endpoint the partners file declares; those registered through
     # the operator API are read from Postgres at start and on sync_webhooks.
     webhook_partners: list[str] = msgspec.field(default_factory=list)
+    # The host actor's Ray name. When set, the shards it activates at start are those the
+    # shard map (storage/shard_map_store.py) says it serves, not `shard_ids`: a host that
+    # Ray restarts after shards were moved to or from it serves what the map says now.
+    name: str = ""
 
 
 class ShardHostCore:
@@ -75,6 +81,8 @@ class ShardHostCore:
         self._context: ApplyContext | None = None
         self._risk: RiskBookReloader | None = None
         self._committer: GroupCommitter | None = None
+        self._store: ShardStore | None = None
+        self._handoff_locks: dict[int, asyncio.Lock] = {}  # adopt/release of one shard
 
     async def ensure_started(self) -> None:
         if self._start_task is None:
@@ -97,12 +105,69 @@ class ShardHostCore:
         )
         chart = load_chart(Path(cfg.chart_file))
         store = ShardStore(self._pool, self.owner, chart.role_codes())
+        self._store = store
         self._committer = GroupCommitter(store, cfg.commits_in_flight_max)
-        for shard_id in cfg.shard_ids:
-            self.shards[shard_id] = ShardCore(
-                shard_id, store, self._committer, self.context, cfg.inbox_max, cfg.batch_max
-            )
+        shard_ids = (
+            await shard_map_store.serving_shards_of(self._pool, cfg.name) if cfg.name
+            else cfg.shard_ids
+        )
+        for shard_id in shard_ids:
+            self.shards[shard_id] = self._new_core(shard_id)
         await asyncio.gather(*(self._activate(core) for core in self.shards.values()))
+
+    def _new_core(self, shard_id: int) -> ShardCore:
+        assert self._store is not None and self._committer is not None
+        cfg = self.config
+        return ShardCore(
+            shard_id, self._store, self._committer, self.context, cfg.inbox_max, cfg.batch_max
+        )
+
+    # ---- handoff: shards taken and given up at run time (cluster/coordinator.py) ----------
+
+    async def adopt(self, shard_id: int) -> dict[str, Any]:
+        """Serve `shard_id` from now on: Redis claim, lease epoch + 1 in Postgres, load,
+        serve. Idempotent: a shard already serving (or reloading) here is left as it is; one
+        this host lost or released is taken again (a new epoch)."""
+        await self.start_or_reset()
+        async with self._handoff_lock(shard_id):
+            core = self.shards.get(shard_id)
+            if core is not None and core.status not in (LOST, MOVED):
+                return {"shard_id": shard_id, "epoch": core.epoch, "adopted": False,
+                        "load_s": 0.0, "loans": len(core.state.loans) if core.state else 0}
+            if core is not None:
+                await core.release()  # a lost core: stop its loop before replacing it
+                del self.shards[shard_id]
+            started = time.perf_counter()
+            fresh = self._new_core(shard_id)
+            await self._activate(fresh)  # raises: nothing is added, the caller retries
+            self.shards[shard_id] = fresh
+            return {"shard_id": shard_id, "epoch": fresh.epoch, "adopted": True,
+                    "load_s": time.perf_counter() - started,
+                    "loans": len(fresh.state.loans) if fresh.state else 0}
+
+    async def release(self, shard_id: int) -> dict[str, Any]:
+        """Stop serving `shard_id`: new commands for it are answered `shard_moved` (the
+        gateway re-reads the map and retries on the new owner), the batch being committed
+        finishes and answers, queued commands are bounced, memory is dropped. Idempotent."""
+        if self._start_task is not None:  # a start in progress may be activating it
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self._start_task)
+        async with self._handoff_lock(shard_id):
+            core = self.shards.get(shard_id)
+            if core is None:
+                return {"shard_id": shard_id, "released": False, "bounced": 0}
+            started = time.perf_counter()
+            bounced = await core.release()
+            self.shards.pop(shard_id, None)
+            release_free_memory()
+            return {"shard_id": shard_id, "released": True, "epoch": core.epoch,
+                    "bounced": bounced, "release_s": time.perf_counter() - started}
+
+    def _handoff_lock(self, shard_id: int) -> asyncio.Lock:
+        lock = self._handoff_locks.get(shard_id)
+        if lock is None:
+            lock = self._handoff_locks[shard_id] = asyncio.Lock()
+        return lock
 
     async def _reset_after_failed_start(self, failed: asyncio.Task[None] | None) -> None:
         """Undo what a failed start opened, so the next call starts from scratch. Only the
@@ -227,7 +292,7 @@ class ShardHostCore:
             core = self.shards.get(envelope.shard_id)
             if core is None:
                 future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
-                future.set_result(unavailable(f"shard {envelope.shard_id} is not on this host"))
+                future.set_result(moved(f"shard {envelope.shard_id} is not on this host"))
                 futures.append(future)
             else:
                 futures.append(core.submit(envelope.command))
@@ -237,6 +302,7 @@ class ShardHostCore:
     def stats(self) -> dict[str, Any]:
         return {
             "host_id": self.config.host_id,
+            "name": self.config.name,
             "owner": self.owner,
             "pid": os.getpid(),
             "started_at": self.started_at,

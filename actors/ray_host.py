@@ -26,6 +26,15 @@ class ShardHostActor:
         collect_rarely()
         # Trivial on purpose: state is loaded on first use, so a restart is cheap and lazy.
         self.core = ShardHostCore(msgspec.json.decode(config_json, type=HostConfig))
+        self.node_id = ray.get_runtime_context().get_node_id()  # where Ray placed this host
+
+    async def adopt(self, shard_id: int) -> dict[str, Any]:
+        """Take a shard at run time (lease epoch + 1, load, serve); idempotent."""
+        return {**await self.core.adopt(shard_id), "node_id": self.node_id}
+
+    async def release(self, shard_id: int) -> dict[str, Any]:
+        """Give a shard up (finish the batch in flight, bounce the queue); idempotent."""
+        return await self.core.release(shard_id)
 
     async def submit(self, payload: bytes) -> bytes:
         return await self.core.submit(payload)
@@ -40,10 +49,10 @@ class ShardHostActor:
         """Start the host if it is not (a restarted actor starts lazily), then its stats;
         raises while it cannot start (the gateway's readiness check says why)."""
         await self.core.start_or_reset()
-        return self.core.stats()
+        return {**self.core.stats(), "node_id": self.node_id}
 
     async def stats(self) -> dict[str, Any]:
-        return self.core.stats()
+        return {**self.core.stats(), "node_id": self.node_id}
 
     async def stop(self) -> None:
         await self.core.stop()

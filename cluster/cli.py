@@ -26,7 +26,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "up":
         from cluster.up import run
 
-        return run(args.config)
+        return run(args.config, args.nodes)
+    if args.command == "gateway":
+        from cluster.gateway_process import run_gateway
+
+        return run_gateway(args.config, args.namespace)
     if args.command == "test":
         return run_tests(args.pytest_args)
     if args.command == "bench":
@@ -57,6 +61,15 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     up = commands.add_parser("up", help="start the whole system")
     up.add_argument("--config", type=Path, metavar="FILE", help=CONFIG_HELP)
+    up.add_argument("--nodes", type=int, default=None, metavar="N",
+                    help="start a local Ray cluster of N nodes on this machine (head + N-1 "
+                         "workers; default [cluster] local_nodes, LENDCORE_LOCAL_NODES)")
+    gateway = commands.add_parser(
+        "gateway", help="one more partner-API process for a running system (joins its Ray "
+                        "cluster; needs LENDCORE_RAY_ADDRESS, LENDCORE_PG_DSN, LENDCORE_REDIS_URL)")
+    gateway.add_argument("--config", type=Path, metavar="FILE", help=CONFIG_HELP)
+    gateway.add_argument("--namespace", default="lendcore", metavar="NS",
+                         help="the Ray namespace of the system (default lendcore)")
     sign = commands.add_parser(
         "sign", help="print (or --exec) a signed partner request; see `lendcore sign -h`",
         add_help=False,
@@ -80,6 +93,10 @@ def _add_bench(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     bench.add_argument("--product", default="CASH_EI_12", metavar="CODE",
                        help="the product the bench applies for, books and repays "
                             "(default CASH_EI_12; JOINT_EI_12 shows what a joint split costs)")
+    bench.add_argument("--nodes", type=int, default=None, metavar="N",
+                       help="start the system with a local Ray cluster of N nodes")
+    bench.add_argument("--gateways", type=int, default=None, metavar="K",
+                       help="start the system with K gateway processes on the partner port")
     bench.add_argument("--eod", type=int, default=None, metavar="N",
                        help="instead of the load phases: seed N loans, time one end of day")
 
@@ -126,7 +143,7 @@ def _bench(args: argparse.Namespace) -> int:
     from loadtests.bench import run_bench
 
     return run_bench(args.config, quick=args.quick, loans=args.loans, duration=args.duration,
-                     product=args.product)
+                     product=args.product, nodes=args.nodes, gateways=args.gateways)
 
 
 # bandit over the code that runs the service (tests and load generators excluded: their

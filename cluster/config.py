@@ -48,8 +48,12 @@ class ClusterSettings(msgspec.Struct, forbid_unknown_fields=True):
     ray_address: str = ""
     ray_num_cpus: int = 2
     ray_object_store_mb: int = 96
+    local_nodes: int = 1  # nodes of a local Ray cluster (cluster/bootstrap.py); 1: ray.init
     logical_shards: int = 16
     shard_hosts: int = 2
+    # With several Ray nodes: shard hosts started on each node (pinned to it); shard_hosts
+    # is then unused. A node that joins later gets as many (cluster/coordinator.py).
+    hosts_per_node: int = 1
     initial_business_date: str = ""
 
 
@@ -76,6 +80,7 @@ class GatewaySettings(msgspec.Struct, forbid_unknown_fields=True):
     idempotency_ttl_s: int = 90000
     rate_per_partner_s: float = 20000.0
     rate_burst: int = 40000
+    processes: int = 1  # partner-API processes on api_port (cluster/gateway_process.py)
 
 
 class RiskSettings(msgspec.Struct, forbid_unknown_fields=True):
@@ -263,6 +268,8 @@ ENV_OVERRIDES: dict[str, tuple[str, str, type]] = {
     "LENDCORE_OPS_PORT": ("gateway", "ops_port", int),
     "LENDCORE_BUSINESS_DATE": ("cluster", "initial_business_date", str),
     "LENDCORE_RAY_ADDRESS": ("cluster", "ray_address", str),
+    "LENDCORE_LOCAL_NODES": ("cluster", "local_nodes", int),
+    "LENDCORE_GATEWAY_PROCESSES": ("gateway", "processes", int),
     "LENDCORE_PII_KEY": ("security", "pii_key_hex", str),
     "LENDCORE_HASH_KEY": ("security", "hash_key_hex", str),
 }
@@ -322,6 +329,15 @@ def _validate(settings: Settings) -> None:
         raise ConfigError("cluster.logical_shards must be in 1..4096")
     if not 1 <= cluster.shard_hosts <= cluster.logical_shards:
         raise ConfigError("cluster.shard_hosts must be in 1..logical_shards")
+    if not 1 <= cluster.hosts_per_node <= 64:
+        raise ConfigError("cluster.hosts_per_node must be in 1..64")
+    if not 1 <= cluster.local_nodes <= 16:
+        raise ConfigError("cluster.local_nodes must be in 1..16")
+    if cluster.local_nodes > 1 and cluster.ray_address:
+        raise ConfigError("cluster.local_nodes > 1 starts a local cluster; it cannot be combined "
+                          "with cluster.ray_address (LENDCORE_RAY_ADDRESS), which joins one")
+    if not 1 <= settings.gateway.processes <= 64:
+        raise ConfigError("gateway.processes must be in 1..64")
     if not 1 <= settings.shard.commits_in_flight_max <= 16:
         raise ConfigError("shard.commits_in_flight_max must be in 1..16")
     shards_per_host = -(-cluster.logical_shards // cluster.shard_hosts)

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import socket
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -21,19 +22,23 @@ import msgspec
 import ray
 import redis.asyncio as aioredis
 import uvicorn
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from actors.host import HostConfig
 from actors.ray_host import ShardHostActor
+from cluster.bootstrap import ray_nodes
 from cluster.config import (
     Settings,
     load_partner_merchants,
     load_partner_secrets,
     load_webhook_endpoints,
 )
+from cluster.coordinator import Coordinator, HostInfo
 from cluster.eod import EodRunner
 from cluster.eod_schedule import EodScheduler, wall_clock
+from cluster.map_router import HostHandles, build_router_from_map
 from cluster.outbox import Outbox
 from cluster.webhooks import WebhookDispatcher
 from gateway.antifraud import AntiFraud, Blacklist
@@ -50,7 +55,7 @@ from gateway.pii import PiiVault
 from gateway.readiness import Readiness, shards_not_serving
 from gateway.redis_batch import ScriptBatcher
 from gateway.reviews import ReviewDesk
-from gateway.router import HostChannel, ShardRouter
+from gateway.router import ShardRouter
 from gateway.screening import Screener
 from gateway.seeding import Seeder
 from gateway.webhooks_desk import WebhooksDesk
@@ -58,7 +63,7 @@ from lending.chart import load_chart
 from lending.decision import RiskPolicy
 from lending.funding import product_books
 from lending.products import load_catalog
-from storage import cluster_store
+from storage import cluster_store, shard_map_store
 from storage.db import create_pool
 from storage.migrate import migrate
 
@@ -95,9 +100,13 @@ def risk_policy(settings: Settings) -> RiskPolicy:
 class System:
     def __init__(
         self, settings: Settings, pg_dsn: str, redis_url: str,
-        clock: Callable[[], datetime] = wall_clock,
+        clock: Callable[[], datetime] = wall_clock, gateway_only: bool = False,
     ) -> None:
         self.settings = settings
+        # An extra gateway process (cluster/gateway_process.py): the partner API only, on
+        # `api_socket`; the shard hosts and the background jobs belong to `lendcore up`.
+        self.gateway_only = gateway_only
+        self.api_socket: socket.socket | None = None  # pre-bound (SO_REUSEPORT), else bind
         self.clock = clock  # wall-clock time of the end-of-day schedule (tests control it)
         self.pg_dsn = pg_dsn
         self.redis_url = redis_url
@@ -108,7 +117,12 @@ class System:
             settings.resolve_path(settings.paths.partners_file))
         self.webhooks: WebhookDispatcher | None = None  # delivers partner webhook events
         self.instance = uuid.uuid4().hex[:8]  # names this system's actors in a shared Ray
-        self.hosts: list[Any] = []
+        self.hosts: list[Any] = []  # handles of the live shard hosts
+        self.host_infos: list[HostInfo] = []  # the same hosts: name, index, node
+        self._placement: list[tuple[str, str]] = []  # the start's shard → (host, node)
+        self._host_nodes: list[str | None] = []  # host index → node it is pinned to
+        self._handles: HostHandles | None = None
+        self.coordinator: Coordinator | None = None  # moves, drains, re-homing (primary)
         self.hosts_ready = False
         self.router: ShardRouter | None = None
         self._pool: asyncpg.Pool | None = None
@@ -145,14 +159,26 @@ class System:
             )
             await cluster_store.check_chart_covers_ledger(conn, self.chart)
         self._redis = aioredis.from_url(self.redis_url)
+        if not self.gateway_only:
+            await self._write_initial_map()  # before the hosts start: they read it
         self._start_hosts()
-        self.router = self._build_router()
+        self.router = await self._build_router()
         self.router.start()
         await self._start_servers()
         await self._wait_hosts_ready()
+        if not self.gateway_only:
+            self.coordinator = Coordinator(
+                pool=self._pool, redis=self._redis, prefix=settings.redis.key_prefix,
+                router=self.router, hosts=list(self.host_infos), create_host=self._add_host,
+                hosts_per_node=settings.cluster.hosts_per_node,
+                on_hosts_changed=self._hosts_changed,
+            )
+            self.coordinator.start()
         await self.readiness.check_now()
         self.readiness.start()
         assert self.eod_scheduler is not None
+        if self.gateway_only:
+            return  # background jobs run in the primary `lendcore up` process only
         self.eod_scheduler.start()  # its first firing may run end of day: hosts must serve
         self.sampler.start()
         self.start_outbox_drain()  # what a crash left pending
@@ -160,7 +186,7 @@ class System:
             assert self.webhooks is not None
             self.webhooks.start()
 
-    def host_config(self, host_id: int, shard_ids: list[int]) -> HostConfig:
+    def host_config(self, host_id: int, shard_ids: list[int], name: str = "") -> HostConfig:
         s = self.settings
         return HostConfig(
             host_id=host_id,
@@ -181,44 +207,92 @@ class System:
             collectors=sorted(o.name for o in s.operators if "collector" in o.roles),
             risk_dir=str(s.resolve_path(s.paths.risk_dir)),
             webhook_partners=sorted(self.webhook_endpoints),
+            name=name,
         )
 
+    def host_name(self, host_id: int) -> str:
+        return f"lendcore-{self.instance}-host-{host_id}"
+
+    async def _write_initial_map(self) -> None:
+        """Place the shard hosts and write the shard map (storage/shard_map_store.py). One
+        Ray node: `shard_hosts` hosts, shard s on host s % shard_hosts, as before the map.
+        Several nodes: `hosts_per_node` hosts pinned to each node, shards round-robin. The
+        map is rewritten at every start: the former start's hosts died with its process."""
+        assert self._pool is not None
+        nodes = sorted(n["NodeID"] for n in await asyncio.to_thread(ray_nodes) if n["Alive"])
+        c = self.settings.cluster
+        if len(nodes) <= 1:
+            self._host_nodes = [None] * c.shard_hosts
+            node_of = [nodes[0] if nodes else ""] * c.shard_hosts
+        else:
+            self._host_nodes = [n for n in nodes for _ in range(c.hosts_per_node)]
+            node_of = [str(n) for n in self._host_nodes]
+        hosts = len(self._host_nodes)
+        self._placement = [
+            (self.host_name(shard % hosts), node_of[shard % hosts])
+            for shard in range(c.logical_shards)
+        ]
+        async with self._pool.acquire() as conn:
+            version = await shard_map_store.initialise(conn, self._placement)
+        log.info("shard map version %s: %d shards on %d hosts over %d node(s)", version,
+                 c.logical_shards, hosts, max(1, len(nodes)))
+
     def shard_assignment(self) -> list[int]:
-        """Logical shard → host index. Whole shards move between hosts; keys never re-hash."""
+        """Logical shard → host index at start (the shard map's initial placement).
+        Whole shards move between hosts later; keys never re-hash."""
+        if self._placement:
+            names = [self.host_name(i) for i in range(len(self._host_nodes))]
+            return [names.index(host) for host, _ in self._placement]
         hosts = self.settings.cluster.shard_hosts
         return [shard % hosts for shard in range(self.settings.cluster.logical_shards)]
 
+    def _spawn_host(self, host_id: int, node: str | None) -> Any:
+        """A shard-host actor; pinned to `node` (hard affinity) when given. Its shards come
+        from the shard map (by its name) when it starts."""
+        config = msgspec.json.encode(self.host_config(host_id, [], self.host_name(host_id)))
+        options: dict[str, Any] = {
+            "name": self.host_name(host_id), "num_cpus": 0, "max_concurrency": 1000,
+        }
+        if node is not None:
+            options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node, soft=False)
+        return ShardHostActor.options(**options).remote(config)  # type: ignore[attr-defined]
+
     def _start_hosts(self) -> None:
-        assignment = self.shard_assignment()
-        for host_id in range(self.settings.cluster.shard_hosts):
-            shards = [s for s, h in enumerate(assignment) if h == host_id]
-            config = msgspec.json.encode(self.host_config(host_id, shards))
-            handle = ShardHostActor.options(  # type: ignore[attr-defined]
-                name=f"lendcore-{self.instance}-host-{host_id}",
-                num_cpus=0,
-                max_concurrency=1000,
-            ).remote(config)
+        for host_id, node in enumerate(self._host_nodes):
+            handle = self._spawn_host(host_id, node)
             self.hosts.append(handle)
+            node_id = node if node is not None else (
+                self._placement[0][1] if self._placement else "")
+            self.host_infos.append(HostInfo(self.host_name(host_id), host_id, node_id, handle,
+                                            pinned=node is not None))
+
+    async def _add_host(self, host_id: int, node: str | None) -> HostInfo:
+        """A new shard host (the coordinator, for a node that joined), started and ready."""
+        handle = self._spawn_host(host_id, node)
+        stats = await handle.ready.remote()
+        return HostInfo(self.host_name(host_id), host_id, str(stats.get("node_id", node or "")),
+                        handle, pinned=node is not None)
+
+    def _hosts_changed(self, hosts: list[HostInfo]) -> None:
+        """The coordinator buried or added hosts: the live list everything else uses."""
+        self.host_infos = list(hosts)
+        self.hosts[:] = [h.handle for h in hosts]
 
     async def _wait_hosts_ready(self) -> None:
         refs = [host.ready.remote() for host in self.hosts]
         await asyncio.wait_for(asyncio.gather(*refs), HOST_READY_TIMEOUT_S)
         self.hosts_ready = True
 
-    def _build_router(self) -> ShardRouter:
-        g = self.settings.gateway
-
-        async def send(host_id: int, payload: bytes) -> bytes:
-            result: bytes = await self.hosts[host_id].submit.remote(payload)
-            return result
-
-        channels = {
-            host_id: HostChannel(
-                host_id, send, g.ray_call_items_max, g.calls_in_flight_max, RAY_RETRYABLE
-            )
-            for host_id in range(len(self.hosts))
-        }
-        return ShardRouter(self.shard_assignment(), channels, g.pending_max, g.retry_deadline_s)
+    async def _build_router(self) -> ShardRouter:
+        """The router follows the shard map in Postgres (cluster/map_router.py); it knows
+        this process's own host handles, and finds any other host by its Ray name."""
+        assert self._pool is not None
+        namespace = ray.get_runtime_context().namespace
+        known = {self.host_name(i): h for i, h in enumerate(self.hosts)}
+        if not self.gateway_only:
+            known = {h.name: h.handle for h in self.host_infos}
+        self._handles = HostHandles(namespace, known)
+        return await build_router_from_map(self._pool, self.settings, namespace, self._handles)
 
     def ready(self) -> bool:
         return (
@@ -247,10 +321,18 @@ class System:
     async def _shards_problem(self) -> str | None:
         """Every host started (`ready` starts a restarted host, which activates lazily)
         and every logical shard serving."""
-        stats = await asyncio.gather(*(host.ready.remote() for host in self.hosts))
-        owned = sum(len(host_stats.get("shards", {})) for host_stats in stats)
-        if owned != self.settings.cluster.logical_shards:
-            return f"{owned} of {self.settings.cluster.logical_shards} shards started"
+        assert self._pool is not None and self._handles is not None
+        # The hosts the shard map names (a gateway-only process did not start them), each
+        # started and asked for its shards; a shard being moved counts as served.
+        shard_map = await shard_map_store.load(self._pool)
+        handles = await asyncio.gather(*(
+            self._handles.get(name) for name in dict.fromkeys(shard_map.hosts())))
+        stats = await asyncio.gather(*(host.ready.remote() for host in handles))
+        owned = {int(shard) for host_stats in stats for shard in host_stats.get("shards", {})}
+        moving = {p.shard_id for p in shard_map.places if p.state == shard_map_store.MOVING}
+        served = len(owned | moving)
+        if served != self.settings.cluster.logical_shards:
+            return f"{served} of {self.settings.cluster.logical_shards} shards started"
         return shards_not_serving(stats)
 
     async def _start_servers(self) -> None:
@@ -312,6 +394,7 @@ class System:
             chart=self.chart,
             product_books=product_books(catalog.latest()),
             cluster_view=self.cluster_view,
+            cluster_admin=lambda: self.coordinator,
             common=common,
             vault=vault,
             blacklist=self.blacklist,
@@ -345,7 +428,7 @@ class System:
         for app, host, port in (
             (partner, s.gateway.api_host, s.gateway.api_port),
             (ops, s.gateway.ops_host, s.gateway.ops_port),
-        ):
+        )[:1 if self.gateway_only else 2]:
             server = _Server(uvicorn.Config(
                 app, host=host, port=port, loop="none", http="httptools", lifespan="off",
                 access_log=False, log_level="warning", backlog=4096,
@@ -354,7 +437,8 @@ class System:
                 proxy_headers=False,
             ))
             self._servers.append(server)
-            self._server_tasks.append(asyncio.create_task(server.serve()))
+            sockets = [self.api_socket] if app is partner and self.api_socket else None
+            self._server_tasks.append(asyncio.create_task(server.serve(sockets)))
         while not all(server.started for server in self._servers):
             for task in self._server_tasks:
                 if task.done():
@@ -362,45 +446,40 @@ class System:
                     raise RuntimeError("HTTP server exited during start-up")
             await asyncio.sleep(0.02)
         api_port = self._bound_port(self._servers[0])
-        ops_port = self._bound_port(self._servers[1])
         self.api_url = f"http://{s.gateway.api_host}:{api_port}"
-        self.ops_url = f"http://{s.gateway.ops_host}:{ops_port}"
+        if not self.gateway_only:
+            ops_port = self._bound_port(self._servers[1])
+            self.ops_url = f"http://{s.gateway.ops_host}:{ops_port}"
 
     async def sync_business_date(self) -> None:
         """Make every shard host read the business date from Postgres (end of day calls it
-        before and after a run). A host that is restarting is retried until it answers (a
-        restarted host reads the date on start anyway)."""
-        deadline = time.monotonic() + HOST_READY_TIMEOUT_S
-
-        async def sync(host: Any) -> None:
-            while True:
-                try:
-                    await host.sync_business_date.remote()
-                    return
-                except RAY_RETRYABLE:
-                    if time.monotonic() > deadline:
-                        raise
-                    await asyncio.sleep(0.2)
-
-        await asyncio.gather(*(sync(host) for host in self.hosts))
+        before and after a run)."""
+        await self._on_every_host("sync_business_date")
 
     async def sync_webhooks(self) -> None:
         """Make every shard host re-read the partners with a webhook endpoint (the operator
-        API registered or removed one); retried while a host restarts, like
-        sync_business_date (a restarted host reads them on start anyway)."""
+        API registered or removed one)."""
+        await self._on_every_host("sync_webhooks")
+
+    async def _on_every_host(self, method: str) -> None:
+        """Call `method` on every live shard host. A host that is restarting is retried
+        until it answers (a restarted host reads the same from Postgres on start anyway);
+        one killed for good is skipped: the coordinator re-homes its shards."""
         deadline = time.monotonic() + HOST_READY_TIMEOUT_S
 
-        async def sync(host: Any) -> None:
+        async def call(host: Any) -> None:
             while True:
                 try:
-                    await host.sync_webhooks.remote()
+                    await getattr(host, method).remote()
+                    return
+                except ray.exceptions.ActorDiedError:
                     return
                 except RAY_RETRYABLE:
                     if time.monotonic() > deadline:
                         raise
                     await asyncio.sleep(0.2)
 
-        await asyncio.gather(*(sync(host) for host in self.hosts))
+        await asyncio.gather(*(call(host) for host in self.hosts))
 
     async def webhook_endpoints_changed(self) -> None:
         """After the operator API stored an endpoint change: the dispatcher re-reads where
@@ -436,33 +515,42 @@ class System:
     async def host_stats(self) -> list[dict[str, Any]]:
         """Each shard host's own stats, or {"error": …} for one that did not answer."""
         host_stats: list[dict[str, Any]] = []
-        for host in self.hosts:
+        for info in list(self.host_infos):
             try:
-                host_stats.append(await asyncio.wait_for(host.stats.remote(), STATS_TIMEOUT_S))
+                host_stats.append(await asyncio.wait_for(info.handle.stats.remote(),
+                                                         STATS_TIMEOUT_S))
             except (TimeoutError, ray.exceptions.RayActorError) as exc:
-                host_stats.append({"error": f"{type(exc).__name__}"})
+                host_stats.append({"error": f"{type(exc).__name__}", "name": info.name,
+                                   "host_id": info.index, "node_id": info.node_id})
         return host_stats
 
     async def cluster_view(self) -> dict[str, Any]:
         assert self._pool is not None and self.router is not None
         leases = await cluster_store.shard_leases(self._pool)
+        shard_map = await shard_map_store.load(self._pool)
         host_stats = await self.host_stats()
-        assignment = self.shard_assignment()
+        by_name = {str(h.get("name")): h for h in host_stats}
+        index_of = {h.name: h.index for h in self.host_infos}
         shards = []
         for lease in leases:
-            host_id = assignment[lease["shard_id"]]
-            live = host_stats[host_id].get("shards", {}).get(str(lease["shard_id"]), {})
+            place = shard_map.places[lease["shard_id"]]
+            live = by_name.get(place.host, {}).get("shards", {}).get(str(lease["shard_id"]), {})
+            state = live.get("status", "unknown")
             shards.append({
                 **lease,
-                "host": host_id,
-                "state": live.get("status", "unknown"),
+                "host": index_of.get(place.host, place.host),  # the host's index, as before
+                "host_name": place.host,
+                "node": place.node,
+                "map_state": place.state,  # serving | moving (storage/shard_map_store.py)
+                "moving_to": place.moving_to,
+                "state": "moving" if place.state == shard_map_store.MOVING else state,
                 "queue_depth": live.get("queue_depth", 0),
                 "commands": live.get("commands", 0),
                 "batches": live.get("batches", 0),
                 "loans": live.get("loans", 0),
                 "takeovers": max(0, lease["epoch"] - 1),
             })
-        nodes = await asyncio.to_thread(ray.nodes)  # a blocking GCS call: off the event loop
+        nodes = await asyncio.to_thread(ray_nodes)  # a blocking GCS call: off the event loop
         return {
             "nodes": [
                 {"node_id": n["NodeID"], "alive": n["Alive"], "address": n["NodeManagerAddress"],
@@ -472,6 +560,9 @@ class System:
             "hosts": host_stats,
             "gateway": {"pending": self.router.pending(), "channels": self.router.stats()},
             "shards": shards,
+            "map_version": shard_map.version,
+            "router_map_version": self.router.map_version,
+            "coordinator": None if self.coordinator is None else self.coordinator.view(),
             "at": time.time(),
         }
 
@@ -502,6 +593,8 @@ class System:
 
     async def stop(self) -> None:
         """Drain: stop accepting, let in-flight requests finish, stop hosts, close."""
+        if self.coordinator is not None:
+            await self.coordinator.stop()  # first: no move may start while hosts stop
         await self.readiness.stop()
         await self.sampler.stop()
         if self.eod_scheduler is not None:
@@ -518,7 +611,8 @@ class System:
             await self.router.close()
         if self.connectors is not None:
             await self.connectors.aclose()
-        stops = [host.stop.remote() for host in self.hosts]
+        # An extra gateway process leaves the shard hosts to the process that owns them.
+        stops = [] if self.gateway_only else [host.stop.remote() for host in self.hosts]
         try:
             await asyncio.wait_for(asyncio.gather(*stops), HOST_STOP_TIMEOUT_S)
         except RAY_RETRYABLE:
@@ -528,7 +622,7 @@ class System:
             # and a partner retries it with the same key.
             log.warning("shard hosts did not finish within %s s; killing them",
                         HOST_STOP_TIMEOUT_S)
-        for host in self.hosts:
+        for host in [] if self.gateway_only else self.hosts:
             ray.kill(host, no_restart=True)
         for client in (self._redis, self._batch_redis):
             if client is not None:

@@ -3,7 +3,9 @@
 Prints exactly one line `ready api=... ops=...` on stdout once /readyz would answer 200
 (how long that took, counted from the start of the command, goes to the log on stderr), and
 on SIGINT/SIGTERM drains (stops accepting, finishes in-flight requests, stops the hosts) and
-exits 0.
+exits 0. `--nodes N` starts a local Ray cluster of N nodes (cluster/bootstrap.py), stopped
+with it; `[gateway] processes` > 1 starts and stops the extra partner-API processes
+(cluster/gateway_process.py).
 """
 
 from __future__ import annotations
@@ -19,8 +21,9 @@ from pathlib import Path
 import ray
 import uvloop
 
-from cluster.bootstrap import start_ray
+from cluster.bootstrap import gcs_address, start_ray, stop_ray
 from cluster.config import ConfigError, Settings, load_partner_merchants, load_settings
+from cluster.gateway_process import ExtraGateways, mark_process, reuseport_socket
 from cluster.services import EmbeddedService, start_embedded_postgres, start_embedded_redis
 from cluster.system import System
 from lending.chart import ChartError, load_chart
@@ -77,12 +80,20 @@ def resolve_services(settings: Settings) -> tuple[str, str, list[EmbeddedService
     return pg_dsn, redis_url, started
 
 
-async def serve(settings: Settings, pg_dsn: str, redis_url: str, phases: StartupPhases) -> None:
+async def serve(settings: Settings, pg_dsn: str, redis_url: str, phases: StartupPhases,
+                config_file: Path | None = None) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     system = System(settings, pg_dsn, redis_url)
+    extras: ExtraGateways | None = None
+    if settings.gateway.processes > 1:
+        # Bound here with SO_REUSEPORT so that the extra processes can bind it too
+        # (cluster/gateway_process.py); with one process uvicorn binds it as before.
+        system.api_socket = reuseport_socket(settings.gateway.api_host,
+                                             settings.gateway.api_port)
+    mark_process("primary")
     start = asyncio.create_task(system.start())
     stopper = asyncio.create_task(stop.wait())
     await asyncio.wait({start, stopper}, return_when=asyncio.FIRST_COMPLETED)
@@ -90,8 +101,26 @@ async def serve(settings: Settings, pg_dsn: str, redis_url: str, phases: Startup
         start.result()
         while not system.ready() and not stop.is_set():  # /readyz would answer 200 now
             await asyncio.sleep(READY_POLL_S)
-        if not stop.is_set():
+        if settings.gateway.processes > 1 and not stop.is_set():
             phases.done("system")
+            extras = ExtraGateways(
+                settings.gateway.processes - 1, config_file,
+                ExtraGateways.environment(settings, pg_dsn, redis_url, gcs_address(),
+                                          int(system.api_url.rsplit(":", 1)[1])),
+                ray.get_runtime_context().namespace,
+            )
+            try:
+                await extras.start()
+            except RuntimeError:
+                await extras.stop()
+                await system.stop()
+                raise
+            phases.done(f"{extras.count} extra gateway processes")
+            log.info("gateway processes on the partner port: %d (this one) and %s",
+                     os.getpid(), extras.pids())
+        if not stop.is_set():
+            if extras is None:
+                phases.done("system")
             # stdout carries the one `ready` line scripts wait for (API.md); the rest is log.
             print(f"ready api={system.api_url} ops={system.ops_url}", flush=True)
             log.info("%s", phases.ready_line())
@@ -99,6 +128,8 @@ async def serve(settings: Settings, pg_dsn: str, redis_url: str, phases: Startup
     else:
         start.cancel()
     log.info("stopping: draining requests and shard hosts")
+    if extras is not None:
+        await extras.stop()  # first: their requests need the shard hosts
     await system.stop()
 
 
@@ -124,13 +155,15 @@ def check_compensation_dpd(products: list[Product], non_accrual_dpd: int) -> Non
                 f"{non_accrual_dpd}; compensation must come first", "guarantee")
 
 
-def run(config_file: Path | None) -> int:
+def run(config_file: Path | None, nodes: int | None = None) -> int:
     phases = StartupPhases()
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s",
         stream=sys.stderr,
     )
     try:
+        if nodes is not None:  # `lendcore up --nodes N` wins over LENDCORE_LOCAL_NODES
+            os.environ["LENDCORE_LOCAL_NODES"] = str(nodes)
         settings = load_settings(config_file)
         check_config_files(settings)
     except (ConfigError, ChartError, ProductError, RiskBookError) as error:
@@ -139,13 +172,14 @@ def run(config_file: Path | None) -> int:
         return 2
     pg_dsn, redis_url, embedded = resolve_services(settings)
     phases.done("config, postgres and redis")
+    local_cluster = None
     try:
-        start_ray(settings)
-        phases.done("ray")
-        uvloop.run(serve(settings, pg_dsn, redis_url, phases))
+        local_cluster = start_ray(settings)
+        phases.done("ray" if local_cluster is None
+                    else f"ray ({settings.cluster.local_nodes} local nodes)")
+        uvloop.run(serve(settings, pg_dsn, redis_url, phases, config_file))
     finally:
-        if ray.is_initialized():
-            ray.shutdown()
+        stop_ray(local_cluster)
         for service in reversed(embedded):
             service.stop()
     log.info("stopped")

@@ -9,7 +9,7 @@ import msgspec
 
 from gateway.collections_desk import AssignIn, ContactIn, NoteIn, PromiseIn
 from gateway.ops_access import OPS_ROUTES, ROLES
-from gateway.ops_api import BlacklistIn
+from gateway.ops_api import BlacklistIn, ShardMoveIn
 from gateway.partner_api import BatchResponse
 from gateway.reviews import ClaimView, ReleaseView, ReviewDecisionIn, ReviewPage
 from gateway.schemas import ApplicationIn, BatchRepaymentItemIn, BookLoanIn, RepaymentIn
@@ -169,7 +169,7 @@ _TYPES: list[Any] = [
     Reconciliation, ReviewPage, ClaimView, ReleaseView, ReviewDecisionIn, ReviewResult,
     BusinessDate, Application, BlacklistIn, BlacklistPage, BlacklistAdded, BlacklistDeleted,
     AuditPage, AssignIn, NoteIn, ContactIn, PromiseIn, CaseActionResult, CollectionCase,
-    EndpointIn, *webhook_events.PAYLOADS,
+    EndpointIn, ShardMoveIn, *webhook_events.PAYLOADS,
 ]
 
 # The stable decision reason codes (API.md: `reasons` are stable codes): the `reason` of
@@ -263,6 +263,8 @@ _FIELD_NOTES: dict[tuple[str, str], str] = {
     ("FactsSummary", "screened"): "the gateway ran the external-data connectors",
     ("ScoreLine", "bin"): "the bin of the value, [min, max), or missing / invalid",
     ("ScoreLine", "points"): "factor · log_odds of the bin, to the hundredth",
+    ("ShardMoveIn", "to"): "a Ray node id (its least-loaded shard host; a unique prefix of "
+    "at least 6 characters will do) or a shard host's actor name (GET /ops/cluster)",
     ("BlacklistIn", "kind"): "id_number, phone or device",
     ("BlacklistIn", "value"): "the clear ID number (check character verified) or mainland "
     "mobile number, stored only as its keyed hash (a 64-hex keyed hash is also accepted); "
@@ -542,7 +544,24 @@ def build_openapi() -> bytes:
                           "unknown: 404"),
                  ("shard", "one logical shard 0..logical_shards-1; absent: all shards")),
                 errors=(400, 401, 404))},
-            "/ops/cluster": {"get": _ops_operation("Nodes, shard map, queues, restarts")},
+            "/ops/cluster": {"get": _ops_operation(
+                "Nodes, hosts, the versioned shard map (map_version; per shard: host, "
+                "host_name, node, map_state serving|moving, lease epoch and owner, live "
+                "state), queues, restarts, the coordinator's last moves")},
+            "/ops/cluster/shards/{shard_id}/move": {"post": _ops_operation(
+                "Move a shard to another node or shard host (admin; audited as shard.move, "
+                "target shard:{id}). Answers when the move is done: old and new host and "
+                "node, epochs, paused_s (how long the shard took no commands), map version. "
+                "Requests for the shard meanwhile wait (or get 503 with Retry-After); 409 "
+                "when it is already there or moving, 404 for an unknown shard or target",
+                path_params=("shard_id",), request="ShardMoveIn",
+                errors=(400, 401, 403, 404, 409, 413, 503))},
+            "/ops/cluster/nodes/{node_id}/drain": {"post": _ops_operation(
+                "Move every shard off a Ray node, one by one, to the least-loaded hosts of "
+                "the other nodes, and give the node no shards from now on (admin; audited as "
+                "node.drain and one shard.move each); body empty or {}. 409 when no other "
+                "node has a shard host, 404 for an unknown node",
+                path_params=("node_id",), errors=(400, 401, 403, 404, 409, 413, 503))},
             "/ops/eod": {
                 "get": _ops_operation(
                     "The current or last end-of-day run: status, per-shard progress, report; "

@@ -52,6 +52,9 @@ OPS_ROUTES = (
     _route("GET", "/ops/settlements", VIEWER),
     _route("GET", "/ops/settlements/{book}/{business_date}", VIEWER),
     _route("GET", "/ops/cluster", VIEWER),
+    # shard handoff (cluster/coordinator.py): admin only, audited as shard.move / node.drain
+    _route("POST", "/ops/cluster/shards/{shard_id}/move"),
+    _route("POST", "/ops/cluster/nodes/{node_id}/drain"),
     _route("GET", "/ops/applications/{application_id}", RISK_OFFICER),
     _route("GET", "/ops/blacklist", RISK_OFFICER),
     _route("POST", "/ops/blacklist", RISK_OFFICER),

@@ -76,6 +76,34 @@ class SeedService(Protocol):
     async def seed(self, loans: int) -> dict[str, Any]: ...
 
 
+class MoveView(Protocol):
+    def view(self) -> dict[str, Any]: ...
+
+
+class ClusterAdmin(Protocol):
+    """Shard moves and node drains (cluster/coordinator.py); errors are HttpErrors."""
+
+    async def move(self, shard_id: int, to: str, actor: str) -> MoveView: ...
+
+    async def drain(self, node: str, actor: str) -> dict[str, Any]: ...
+
+
+class ShardMoveIn(msgspec.Struct, forbid_unknown_fields=True):
+    to: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]  # node id or host name
+
+
+_SHARD_MOVE_IN = msgspec.json.Decoder(ShardMoveIn)
+
+
+class DrainIn(msgspec.Struct, forbid_unknown_fields=True):
+    pass  # no fields: the body is empty or {}
+
+
+_DRAIN_IN = msgspec.json.Decoder(DrainIn)
+CLUSTER_SHARDS_PREFIX = "/ops/cluster/shards/"
+CLUSTER_NODES_PREFIX = "/ops/cluster/nodes/"
+
+
 class SeedIn(msgspec.Struct, forbid_unknown_fields=True):
     loans: Any = None  # 1..10,000,000; validated by the seeder
 
@@ -187,8 +215,11 @@ class OpsApi:
         non_accrual_dpd: int,
         write_off_dpd: int,
         webhooks: WebhooksDesk | None = None,
+        cluster_admin: Callable[[], ClusterAdmin | None] | None = None,
     ) -> None:
         self.eod = eod
+        # The coordinator of shard moves, when this process runs one (`lendcore up` does).
+        self.cluster_admin = cluster_admin
         self.non_accrual_dpd = non_accrual_dpd  # [servicing], for the business summary
         self.write_off_dpd = write_off_dpd
         # Served under /dashboard/ when set (System sets it: the dashboard calls back here).
@@ -390,6 +421,8 @@ class OpsApi:
             return await self._eod(scope, receive, operator, method)
         if path == "/ops/seed" and method == "POST":
             return await self._seed(scope, receive, operator)
+        if method == "POST" and path.startswith(("/ops/cluster/shards/", "/ops/cluster/nodes/")):
+            return await self._cluster_action(scope, receive, operator, path)
         if method != "GET":
             raise HttpError(404, "not_found", f"no route {method} {path}")
         query = query_params(scope)
@@ -478,6 +511,47 @@ class OpsApi:
                             f"end of day failed ({type(exc).__name__}); run it again",
                             retry_after_s=5) from exc
         return "eod_run", JSON.encode(report)
+
+    # ---- shard moves and node drains (admin; the coordinator audits each) ----------------
+
+    async def _cluster_action(
+        self, scope: Scope, receive: Receive, operator: Operator, path: str
+    ) -> tuple[str, bytes]:
+        raw = await read_ops_body(scope, receive)
+        if path.startswith(CLUSTER_SHARDS_PREFIX) and path.endswith("/move"):
+            text = path[len(CLUSTER_SHARDS_PREFIX):-len("/move")]
+            count = await cluster_store.logical_shards(self.pool)
+            shard = ascii_int(text, count - 1)
+            if shard is None:
+                raise HttpError(400, "invalid_request",
+                                f"shard_id must be an integer in 0..{count - 1}", "shard_id")
+            body = decode_ops_body(_SHARD_MOVE_IN, raw)
+            path_param(body.to, "to")
+            if not body.to.strip():
+                raise HttpError(400, "invalid_request", "to must not be blank", "to")
+            admin = self._admin()
+            log.info("move of shard %s to %s by %s", shard, body.to, operator.name)
+            result = await admin.move(shard, body.to.strip(), operator.name)
+            return "cluster_move", JSON.encode(result.view())
+        if path.startswith(CLUSTER_NODES_PREFIX) and path.endswith("/drain"):
+            node = path[len(CLUSTER_NODES_PREFIX):-len("/drain")]
+            path_param(node, "node_id")
+            if not node or "/" in node:
+                raise HttpError(400, "invalid_request", "node_id is required", "node_id")
+            if raw.strip():
+                decode_ops_body(_DRAIN_IN, raw)  # {} only: an unknown field is a 400
+            admin = self._admin()
+            log.info("drain of node %s by %s", node, operator.name)
+            return "cluster_drain", JSON.encode(await admin.drain(node, operator.name))
+        raise HttpError(404, "not_found", f"no route POST {path}")
+
+    def _admin(self) -> ClusterAdmin:
+        admin = self.cluster_admin() if self.cluster_admin is not None else None
+        if admin is None:
+            raise HttpError(503, "unavailable", "shard moves are run by the `lendcore up` "
+                            "process's coordinator, which is not running here",
+                            retry_after_s=5)
+        return admin
 
     # ---- seeding (admin only: an operator's bulk tool for benchmarks and demos) ----------
 

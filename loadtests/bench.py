@@ -69,7 +69,10 @@ REPAY_AMOUNT = 100  # fen: small, so a loan takes thousands of repayments before
 READY_TIMEOUT_S = 180
 SEED_CONNECTIONS = 32
 # where the CPU of one single-request repayment goes (ms per request, whole machine)
-CPU_ROLES = ("gateway", "shard_hosts", "postgres", "redis", "loadgen", "other")
+CPU_ROLES = ("gateway", "shard_hosts", "postgres", "redis", "loadgen", "ray", "other")
+# Ray's own processes (every node runs a raylet and agents; the head a GCS; idle workers)
+RAY_PROCESSES = ("raylet", "gcs_server", "ray/dashboard/", "runtime_env/agent", "ray::",
+                 "ray/_private/", "ray/autoscaler/")
 
 
 def _free_port() -> int:
@@ -247,12 +250,14 @@ def _role(proc: psutil.Process) -> str:
         return "loadgen"
     if "ShardHost" in name or "ShardHostActor" in cmdline:
         return "shard_hosts"
-    if "cluster.cli up" in cmdline:
+    if "cluster.cli up" in cmdline or "cluster.cli gateway" in cmdline:
         return "gateway"
     if name.startswith("postgres") or cmdline.startswith("postgres"):
         return "postgres"
     if name.startswith("redis"):
         return "redis"
+    if any(mark in name or mark in cmdline for mark in RAY_PROCESSES):
+        return "ray"
     return "other"
 
 
@@ -505,7 +510,8 @@ def hot_update_pct(pg_dsn: str, before: tuple[int, int], loans: int) -> float:
 
 
 def _start_system(
-    stack: ExitStack, config_file: Path | None, pg_dsn: str, redis_url: str, workdir: Path
+    stack: ExitStack, config_file: Path | None, pg_dsn: str, redis_url: str, workdir: Path,
+    nodes: int | None = None, gateways: int | None = None,
 ) -> tuple[subprocess.Popen[str], int, int, float]:
     api_port, ops_port = _free_port(), _free_port()
     prefix = f"lendcore-bench-{uuid.uuid4().hex[:8]}:"
@@ -518,6 +524,11 @@ def _start_system(
         "LENDCORE_API_PORT": str(api_port), "LENDCORE_OPS_PORT": str(ops_port),
         "LENDCORE_DATA_DIR": str(workdir / "data"),
     })
+    # `lendcore up --nodes N` and `[gateway] processes = K`, through their variables
+    if nodes is not None:
+        env["LENDCORE_LOCAL_NODES"] = str(nodes)
+    if gateways is not None:
+        env["LENDCORE_GATEWAY_PROCESSES"] = str(gateways)
     command = [sys.executable, "-m", "cluster.cli", "up"]
     if config_file is not None:
         command += ["--config", str(config_file)]
@@ -579,7 +590,7 @@ def _stop(process: subprocess.Popen[str]) -> int:
 
 def run_bench(
     config_file: Path | None, *, quick: bool, loans: int | None, duration: float | None,
-    product: str = "CASH_EI_12",
+    product: str = "CASH_EI_12", nodes: int | None = None, gateways: int | None = None,
 ) -> int:
     BENCH_PRODUCT[0] = product
     loans_wanted = loans or (400 if quick else 20000)
@@ -592,7 +603,7 @@ def run_bench(
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="lendcore-bench-")))
         pg_dsn, redis_url = _services(stack, workdir)
         process, api_port, ops_port, ready_s = _start_system(
-            stack, config_file, pg_dsn, redis_url, workdir
+            stack, config_file, pg_dsn, redis_url, workdir, nodes, gateways
         )
         print(f"up_ready_s={ready_s:.1f}", flush=True)
         figures = uvloop.run(load_phases(api_port, ops_port, pg_dsn, loans_wanted, duration_s))
@@ -614,7 +625,7 @@ def run_bench(
              else f"{k}={figures[k]:.1f}" if isinstance(figures[k], float)
              else f"{k}={figures[k]}" for k in order]
     parts += [f"balanced={str(balanced).lower()}", f"up_exit={exit_code}",
-              f"product={product}"]
+              f"product={product}", f"nodes={nodes or 1}", f"gateways={gateways or 1}"]
     print(" ".join(parts), flush=True)
     healthy = figures["errors"] == 0 and figures["app_not_approved"] == 0
     return 0 if balanced and exit_code == 0 and healthy else 1

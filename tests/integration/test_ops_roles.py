@@ -39,6 +39,10 @@ REQUESTS: dict[tuple[str, str], tuple[str, Any]] = {
     ("GET", "/ops/settlements/{book}/{business_date}"):
         ("/ops/settlements/funder:nobody/2026-11-29", None),
     ("GET", "/ops/cluster"): ("/ops/cluster", None),
+    ("POST", "/ops/cluster/shards/{shard_id}/move"): ("/ops/cluster/shards/x/move",
+                                                      {"to": "nowhere"}),
+    ("POST", "/ops/cluster/nodes/{node_id}/drain"): ("/ops/cluster/nodes/no-such-node/drain",
+                                                     None),
     ("GET", "/ops/applications/{application_id}"):
         (f"/ops/applications/{UNKNOWN_APPLICATION}", None),
     ("GET", "/ops/blacklist"): ("/ops/blacklist", None),
