@@ -73,6 +73,7 @@ CHINA_STANDARD_TIME = timezone(timedelta(hours=8))  # no DST in China: a fixed o
 HOST_READY_TIMEOUT_S = 120
 STATS_TIMEOUT_S = 2.0
 HOST_STOP_TIMEOUT_S = 30
+POOL_CLOSE_TIMEOUT_S = 10.0
 RAY_RETRYABLE: tuple[type[BaseException], ...] = (
     ray.exceptions.RayActorError,
     ray.exceptions.ActorUnavailableError,
@@ -628,5 +629,12 @@ class System:
             if client is not None:
                 await client.aclose()
         if self._pool is not None:
-            await self._pool.close()
+            try:
+                # close() waits for every connection to come back; a task that never
+                # returns one must not hold the stop for ever.
+                await asyncio.wait_for(self._pool.close(), POOL_CLOSE_TIMEOUT_S)
+            except TimeoutError:
+                log.warning("Postgres pool not closed within %s s; terminating it",
+                            POOL_CLOSE_TIMEOUT_S)
+                self._pool.terminate()
 

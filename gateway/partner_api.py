@@ -72,6 +72,8 @@ from lending.screening import Screening
 from lending.shard_state import shard_of_id
 
 log = logging.getLogger("lendcore.api")
+# How often a request whose admission outcome is unknown retries freeing its key.
+UNKNOWN_ADMISSION_RETRY_S = 0.25
 
 REQUESTS = Counter(
     "lendcore_http_requests_total", "HTTP requests answered", ["api", "route", "status"]
@@ -396,7 +398,13 @@ class PartnerApi:
                 self.rate, int(time.time() * 1000),
             )
         except RedisError as exc:
+            if key is not None:
+                self._release_after_unknown_admission(request, key, request_hash)
             raise _redis_down(exc) from exc
+        except asyncio.CancelledError:  # the request's timeout, during a stalled Redis
+            if key is not None:
+                self._release_after_unknown_admission(request, key, request_hash)
+            raise
         outcome = admission.outcome
         if outcome == "proceed":
             return None
@@ -438,6 +446,30 @@ class PartnerApi:
         task = asyncio.create_task(self._abandon(request, key, request_hash))
         self._releases.add(task)  # a reference until done (asyncio holds weak ones)
         task.add_done_callback(self._releases.discard)
+
+    def _release_after_unknown_admission(
+        self, request: _Request, key: str, request_hash: str
+    ) -> None:
+        """An admission whose outcome is unknown (Redis failed or stalled past the request's
+        timeout) may still set the key's in-flight marker when Redis answers again, and the
+        partner's retry would then be refused 409 `request_in_progress` until the marker
+        expires. Free it, in the background, as soon as Redis answers: the release queues
+        behind the admission, and only ever deletes this request's own in-flight marker."""
+        task = asyncio.create_task(self._release_when_redis_answers(request, key, request_hash))
+        self._releases.add(task)  # a reference until done (asyncio holds weak ones)
+        task.add_done_callback(self._releases.discard)
+
+    async def _release_when_redis_answers(
+        self, request: _Request, key: str, request_hash: str
+    ) -> None:
+        deadline = time.monotonic() + self.request_timeout_s + 1  # the marker's TTL
+        while time.monotonic() < deadline:
+            try:
+                await self.guard.abandon(request.partner_id, key, request_hash)
+                return
+            except RedisError:
+                await asyncio.sleep(UNKNOWN_ADMISSION_RETRY_S)
+        log.warning("in-flight key %s not released after Redis failed; it expires", key)
 
     def _queue(self, shard: int, command: Command) -> asyncio.Future[Reply]:
         try:
