@@ -156,17 +156,22 @@ def application_factory(hostport: str, run_id: str, first: int):
     return next_request
 
 
+class _DecisionStatus(msgspec.Struct):
+    status: str
+
+
 class ApplicationCounter:
-    """Counts decisions by status, so the phase proves the pipeline approved what it should."""
+    """Counts decisions by status, so the phase proves the pipeline approved what it should
+    (reading the status only, as BatchCounter does)."""
 
     def __init__(self) -> None:
         self.by_status: dict[str, int] = {}
-        self.decoder = msgspec.json.Decoder()
+        self.decoder = msgspec.json.Decoder(_DecisionStatus)
 
     def __call__(self, status: int, body: bytes) -> None:
         if status != 201:
             return
-        decision = self.decoder.decode(body)["status"]
+        decision = self.decoder.decode(body).status
         self.by_status[decision] = self.by_status.get(decision, 0) + 1
 
 
@@ -294,17 +299,29 @@ def postgres_cpu_by_kind() -> dict[int, tuple[str, float]]:
     return cpu_snapshot(_postgres_kind)
 
 
+class _ItemStatus(msgspec.Struct):
+    status: int
+
+
+class _BatchStatuses(msgspec.Struct):
+    results: list[_ItemStatus]
+
+
 class BatchCounter:
+    """Counts a batch response's items by outcome. It reads only the statuses: decoding every
+    item's ~2.5 KB body into dicts cost the load generator ~30 us an item, on the cores the
+    system under test runs on (msgspec skips the fields a typed decoder does not name)."""
+
     def __init__(self) -> None:
         self.items_ok = 0
         self.items_failed = 0
-        self.decoder = msgspec.json.Decoder()
+        self.decoder = msgspec.json.Decoder(_BatchStatuses)
 
     def __call__(self, status: int, body: bytes) -> None:
         if status != 200:
             return
-        for result in self.decoder.decode(body)["results"]:
-            if result["status"] == 201:
+        for result in self.decoder.decode(body).results:
+            if result.status == 201:
                 self.items_ok += 1
             else:
                 self.items_failed += 1
