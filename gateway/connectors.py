@@ -44,6 +44,7 @@ import msgspec
 from prometheus_client import Counter, Histogram
 from purgatory import AsyncCircuitBreakerFactory
 from purgatory.domain.model import OpenedState
+from purgatory.service._async.circuitbreaker import AsyncCircuitBreaker
 
 from lending.screening import SOURCE_OK, SOURCE_UNAVAILABLE, SOURCES, SourceResult
 
@@ -254,6 +255,18 @@ class SourcePolicy(msgspec.Struct, frozen=True):
     breaker_reset_s: float = 30.0
 
 
+class _SourceMetrics:
+    """One source's children of the connector metrics, labelled once."""
+
+    __slots__ = ("calls", "latency", "results")
+
+    def __init__(self, source: str) -> None:
+        outcomes = (OK, TIMEOUT, ERROR, CIRCUIT_OPEN)
+        self.calls = {outcome: CALLS.labels(source, outcome) for outcome in outcomes}
+        self.results = {outcome: RESULTS.labels(source, outcome) for outcome in outcomes}
+        self.latency = CALL_LATENCY.labels(source)
+
+
 class ConnectorRunner:
     """Queries all its sources concurrently for one application; see the module docstring.
 
@@ -281,6 +294,13 @@ class ConnectorRunner:
         self._policies = {name: policies.get(name, default) for name in self._connectors}
         self._deadline_s = deadline_ms / 1000
         self._breakers = AsyncCircuitBreakerFactory()
+        # Each source's breaker, got once: the factory keeps a breaker's state in memory, in
+        # the context object every get_breaker wraps, so the wrapper can be kept (asking the
+        # factory went through its unit of work twice a call, nine calls an application).
+        self._breaker_of: dict[str, AsyncCircuitBreaker] = {}
+        # Each source's metric children, labelled once (labels() took a lock and built
+        # tuples: three times per source and application).
+        self._metrics = {name: _SourceMetrics(name) for name in self._connectors}
         self._calls: set[asyncio.Task[tuple[str, Fields]]] = set()
 
     @classmethod
@@ -320,10 +340,7 @@ class ConnectorRunner:
 
     async def breaker_state(self, source: str) -> str:
         """"closed", "opened" or "half-opened" (for ops views and tests)."""
-        policy = self._policies[source]
-        breaker = await self._breakers.get_breaker(
-            source, policy.breaker_failures, policy.breaker_reset_s
-        )
+        breaker = self._breaker_of.get(source) or await self._breaker(source)
         return breaker.context.state
 
     async def screen(self, request: SourceRequest) -> dict[str, SourceResult]:
@@ -350,7 +367,7 @@ class ConnectorRunner:
         results: dict[str, SourceResult] = {}
         for name in self._connectors:
             result = answered[name] if name in inline else _result_of(name, tasks[name])
-            RESULTS.labels(name, result.error or OK).inc()
+            self._metrics[name].results[result.error or OK].inc()
             results[name] = result
         SCREENING_LATENCY.observe(loop.time() - started)
         return results
@@ -413,13 +430,11 @@ class ConnectorRunner:
     async def _attempt(
         self, name: str, request: SourceRequest, timeout_s: float
     ) -> tuple[str, Fields]:
-        policy = self._policies[name]
         started = time.perf_counter()
         fields: Fields = {}
+        metrics = self._metrics[name]
         try:
-            breaker = await self._breakers.get_breaker(
-                name, policy.breaker_failures, policy.breaker_reset_s
-            )
+            breaker = self._breaker_of.get(name) or await self._breaker(name)
             connector = self._connectors[name]
             async with breaker:
                 if connector.answers_at_once(request):  # never suspends: no timer to arm
@@ -433,7 +448,7 @@ class ConnectorRunner:
             # requests in them) grows for as long as the breaker stays open.
             exc.__traceback__ = None
             exc.__context__ = None
-            CALLS.labels(name, CIRCUIT_OPEN).inc()
+            metrics.calls[CIRCUIT_OPEN].inc()
             return CIRCUIT_OPEN, {}
         except TimeoutError:
             outcome = TIMEOUT
@@ -443,9 +458,17 @@ class ConnectorRunner:
             outcome = ERROR
         else:
             outcome = OK
-        CALL_LATENCY.labels(name).observe(time.perf_counter() - started)
-        CALLS.labels(name, outcome).inc()
+        metrics.latency.observe(time.perf_counter() - started)
+        metrics.calls[outcome].inc()
         return outcome, fields
+
+    async def _breaker(self, name: str) -> AsyncCircuitBreaker:
+        policy = self._policies[name]
+        breaker = await self._breakers.get_breaker(
+            name, policy.breaker_failures, policy.breaker_reset_s
+        )
+        self._breaker_of[name] = breaker
+        return breaker
 
 
 def _checked(name: str, fields: object) -> Fields:
