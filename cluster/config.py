@@ -72,6 +72,7 @@ class GatewaySettings(msgspec.Struct, forbid_unknown_fields=True):
     body_max_bytes: int = 1048576
     ray_call_items_max: int = 2000
     calls_in_flight_max: int = 4
+    call_fill_ms: float = 20.0
     pending_max: int = 50000
     retry_deadline_s: float = 8.0
     request_timeout_s: float = 10.0
@@ -409,6 +410,9 @@ def _validate_timeouts(settings: Settings) -> None:
         raise ConfigError("gateway.request_timeout_s must be in 1..300")
     if not 0 < gateway.retry_deadline_s < gateway.request_timeout_s:
         raise ConfigError("gateway.retry_deadline_s must be in (0, request_timeout_s)")
+    if not 0 <= gateway.call_fill_ms <= 100:
+        raise ConfigError("gateway.call_fill_ms must be in 0..100 (milliseconds a Ray call "
+                          "may wait for the host's call in flight; every request waits it)")
     if settings.connectors.deadline_ms >= gateway.request_timeout_s * 1000:
         raise ConfigError(
             "connectors.deadline_ms must be below gateway.request_timeout_s: an application "

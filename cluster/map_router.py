@@ -71,7 +71,7 @@ async def build_router_from_map(
 
     def new_channel(host: str) -> HostChannel:
         return HostChannel(host, send, g.ray_call_items_max, g.calls_in_flight_max,
-                           RAY_RETRYABLE)
+                           RAY_RETRYABLE, fill_s=g.call_fill_ms / 1000)
 
     async def load_map() -> tuple[int, list[str]]:
         loaded = await shard_map_store.load(pool)

@@ -82,7 +82,7 @@ class HostGone(Exception):
 class HostChannel:
     def __init__(
         self, host_id: HostKey, send: SendFn, items_max: int, in_flight_max: int,
-        retryable: tuple[type[BaseException], ...],
+        retryable: tuple[type[BaseException], ...], fill_s: float = 0.0,
     ) -> None:
         self.host_id = host_id
         # Set by a map-routed ShardRouter: where a retried command goes (the channel of its
@@ -92,6 +92,10 @@ class HostChannel:
         self._send = send
         self._items_max = items_max
         self._slots = asyncio.Semaphore(in_flight_max)
+        if fill_s < 0:
+            raise ValueError("fill_s must not be negative")
+        self._fill_s = fill_s
+        self._call_ended = asyncio.Event()
         self._queue: deque[_Pending] = deque()
         self._wake = asyncio.Event()
         self._retryable = retryable  # failures after which the call's outcome is unknown
@@ -126,6 +130,8 @@ class HostChannel:
                 self._wake.clear()
                 await self._wake.wait()
             await self._slots.acquire()
+            if self._calls and self._fill_s > 0:
+                await self._fill()
             # One yield so that requests arriving in the same tick share this call.
             await asyncio.sleep(0)
             take = min(self._items_max, len(self._queue))
@@ -141,6 +147,18 @@ class HostChannel:
             task = asyncio.create_task(self._call(items))
             self._calls.add(task)  # keep a reference until done (asyncio holds weak ones)
             task.add_done_callback(self._calls.discard)
+
+    async def _fill(self) -> None:
+        """Another call to this host is running: let the queue fill until one ends, or for
+        at most `fill_s`. The next call then carries what arrived meanwhile instead of the
+        one or two commands of the moment. A Ray call costs the gateway and the host a fixed
+        amount whatever it carries, and its commands share their shards' group commit, so
+        bigger calls are cheaper per command (docs/performance.md). The bound keeps a slow
+        call (a shard reloading) from holding back the host's other shards for long."""
+        self._call_ended.clear()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self._fill_s):
+                await self._call_ended.wait()
 
     async def _call(self, items: list[_Pending]) -> None:
         try:
@@ -181,6 +199,7 @@ class HostChannel:
                     item.future.set_result(msgspec.structs.replace(reply, replayed=replayed))
         finally:
             self._slots.release()
+            self._call_ended.set()
 
     def _retry(self, item: _Pending, moved: bool = False) -> None:
         if item.future.done():

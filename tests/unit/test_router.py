@@ -1,4 +1,5 @@
-"""The router (gateway/router.py) after a request timed out: its command is not sent."""
+"""The router's host channels (gateway/router.py): a request that timed out is not sent; while
+a call to a host runs, the next one fills (for `fill_s` at most)."""
 
 from __future__ import annotations
 
@@ -39,3 +40,90 @@ async def test_a_cancelled_request_is_neither_sent_nor_retried() -> None:
         assert sent == ["LN-0000-0000000001", "LN-0000-0000000003"]
     finally:
         await router.close()
+
+
+def _recording_channel(
+    calls: list[list[str]], first_call_may_finish: asyncio.Event, fill_s: float
+) -> ShardRouter:
+    async def send(host_id: int, payload: bytes) -> bytes:
+        envelopes = BATCH_DECODER.decode(payload)
+        calls.append([e.command.loan_id for e in envelopes])  # type: ignore[union-attr]
+        if len(calls) == 1:
+            await first_call_may_finish.wait()
+        return BATCH_ENCODER.encode([Reply(200, b"{}")] * len(envelopes))
+
+    channel = HostChannel(0, send, items_max=10, in_flight_max=4, retryable=(Unavailable,),
+                          fill_s=fill_s)
+    return ShardRouter([0], {0: channel}, pending_max=100, retry_deadline_s=5)
+
+
+def _loan(n: int) -> GetLoan:
+    return GetLoan("demo", f"LN-0000-{n:010d}")
+
+
+@pytest.mark.asyncio
+async def test_while_a_call_runs_the_next_one_fills_until_it_ends() -> None:
+    """Commands arriving while a call to the host runs go together in the next call, sent
+    when the running one ends, although call slots are free."""
+    calls: list[list[str]] = []
+    first_call_may_finish = asyncio.Event()
+    router = _recording_channel(calls, first_call_may_finish, fill_s=5.0)
+    router.start()
+    try:
+        first = router.call(0, _loan(1))
+        await asyncio.sleep(0.01)  # the first call is running
+        later = []
+        for n in (2, 3, 4):
+            later.append(router.call(0, _loan(n)))
+            await asyncio.sleep(0.01)  # each in a tick of its own
+        assert len(calls) == 1  # nothing sent while the first call runs
+        first_call_may_finish.set()
+        replies = await asyncio.wait_for(asyncio.gather(first, *later), 1.0)
+        assert [r.status for r in replies] == [200] * 4
+        assert calls == [[_loan(1).loan_id], [_loan(n).loan_id for n in (2, 3, 4)]]
+    finally:
+        await router.close()
+
+
+@pytest.mark.asyncio
+async def test_a_slow_call_holds_the_next_one_back_for_fill_s_at_most() -> None:
+    calls: list[list[str]] = []
+    first_call_may_finish = asyncio.Event()
+    router = _recording_channel(calls, first_call_may_finish, fill_s=0.05)
+    router.start()
+    try:
+        first = router.call(0, _loan(1))
+        await asyncio.sleep(0.01)
+        second = router.call(0, _loan(2))
+        reply = await asyncio.wait_for(second, 1.0)  # the first call is still stuck
+        assert reply.status == 200 and not first.done()
+        assert calls == [[_loan(1).loan_id], [_loan(2).loan_id]]
+        first_call_may_finish.set()
+        assert (await asyncio.wait_for(first, 1.0)).status == 200
+    finally:
+        await router.close()
+
+
+@pytest.mark.asyncio
+async def test_without_fill_a_free_slot_sends_at_once() -> None:
+    calls: list[list[str]] = []
+    first_call_may_finish = asyncio.Event()
+    router = _recording_channel(calls, first_call_may_finish, fill_s=0.0)
+    router.start()
+    try:
+        first = router.call(0, _loan(1))
+        await asyncio.sleep(0.01)
+        second = router.call(0, _loan(2))
+        assert (await asyncio.wait_for(second, 1.0)).status == 200
+        first_call_may_finish.set()
+        await asyncio.wait_for(first, 1.0)
+    finally:
+        await router.close()
+
+
+def test_a_negative_fill_is_refused() -> None:
+    async def send(host_id: int, payload: bytes) -> bytes:
+        raise AssertionError("never called")
+
+    with pytest.raises(ValueError, match="fill_s"):
+        HostChannel(0, send, items_max=10, in_flight_max=1, retryable=(), fill_s=-0.001)
