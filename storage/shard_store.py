@@ -22,6 +22,8 @@ by COPY instead, after the statement in the same transaction (ShardStore.commit)
 
 from __future__ import annotations
 
+import functools
+import re
 from collections.abc import AsyncIterator
 from typing import Any, NamedTuple
 
@@ -70,126 +72,149 @@ SELECT kind, partner_id, ref, NULL, NULL, NULL FROM partner_refs
 WHERE (partner_id, kind, ref) IN (SELECT * FROM unnest($4::text[], $5::text[], $6::text[]))
 """
 
-# The fence, then all rows of a batch, in one statement. Each table's rows arrive as ONE
-# jsonb parameter (an array of positional rows): msgspec encodes that in microseconds, where
-# binding a typed array per column cost ~100 us of Python per batch. Their byte columns (a
-# stored response, a loan's, customer's or application's state) come beside them as bytea[]
-# parameters, in the rows' order: in the jsonb they went as base64, which the shard encoded
-# and Postgres lexed and decoded again, 2 KB and more for each stored response.
-# A fence that matched no row makes every write insert nothing (`WHERE EXISTS ...fence`).
-_COMMIT = """
-WITH
+# The commit statement: the fence, then the writes of the batch's rows. Each table's rows
+# arrive as ONE jsonb parameter (an array of positional rows): msgspec encodes that in
+# microseconds, where binding a typed array per column cost ~100 us of Python per batch.
+# Their byte columns (a stored response, a loan's, customer's or application's state) come
+# beside them as bytea[] parameters, in the rows' order: in the jsonb they went as base64,
+# which the shard encoded and Postgres lexed and decoded again, 2 KB and more for each stored
+# response. A fence that matched no row makes every write insert nothing (`WHERE EXISTS
+# ...fence`).
+# Each part names its parameters ({name}); they are numbered when a statement is put together
+# (_statement). A statement holds the fence and only the writes whose rows the commit has: an
+# INSERT opens its table and each of its indexes even when it inserts nothing: the twelve
+# writes a repayment batch does not need were 0.09-0.2 ms of a group commit's fixed 0.5-0.65
+# ms (loadtests/bench_commit_statement.py), paid once per commit of a few dozen commands.
+_FENCE = """
 fence AS (
   -- every shard of the group, each at the epoch its owner holds
   UPDATE shard_lease AS s SET renewed_at = now(), next_seq = f.next_seq
-  FROM unnest($1::int4[], $2::int8[], $3::int8[]) AS f(shard_id, next_seq, epoch)
+  FROM unnest({fence_shards}::int4[], {fence_next_seqs}::int8[], {fence_epochs}::int8[])
+    AS f(shard_id, next_seq, epoch)
   WHERE s.shard_id = f.shard_id AND s.epoch = f.epoch
   RETURNING 1
-),
+)"""
+# table (the key of its rows in _commit_statement) -> its write, in the statement's order
+_WRITES: dict[str, str] = {
+    "customers": """
 c AS (
   INSERT INTO customers (shard_id, customer_id, id_hash, state)
   SELECT (r->>0)::int4, r->>1, r->>2, s.state
-  FROM jsonb_array_elements($4::jsonb) WITH ORDINALITY AS t(r, n)
-  JOIN unnest($32::bytea[]) WITH ORDINALITY AS s(state, n) USING (n)
+  FROM jsonb_array_elements({customers}::jsonb) WITH ORDINALITY AS t(r, n)
+  JOIN unnest({customer_states}::bytea[]) WITH ORDINALITY AS s(state, n) USING (n)
   WHERE EXISTS (SELECT FROM fence)
   ON CONFLICT (shard_id, customer_id) DO UPDATE SET state = EXCLUDED.state
-),
+)""",
+    "applications": """
 a AS (
   INSERT INTO applications (shard_id, application_id, partner_id, partner_application_id,
                             customer_id, status, created_on, state, trace)
   SELECT (r->>0)::int4, r->>1, r->>2, r->>3, r->>4, r->>5, (r->>6)::date, s.state, s.trace
-  FROM jsonb_array_elements($5::jsonb) WITH ORDINALITY AS t(r, n)
-  JOIN unnest($30::bytea[], $31::bytea[]) WITH ORDINALITY AS s(state, trace, n) USING (n)
+  FROM jsonb_array_elements({applications}::jsonb) WITH ORDINALITY AS t(r, n)
+  JOIN unnest({application_states}::bytea[], {application_traces}::bytea[])
+    WITH ORDINALITY AS s(state, trace, n) USING (n)
   WHERE EXISTS (SELECT FROM fence)
   ON CONFLICT (shard_id, application_id)
   DO UPDATE SET status = EXCLUDED.status, state = EXCLUDED.state,
     trace = COALESCE(EXCLUDED.trace, applications.trace)
-),
+)""",
+    "loans": """
 l AS (
   -- loans the batch booked; the states come as a bytea[] beside the rows, in their order
   INSERT INTO loans (shard_id, loan_id, customer_id, partner_id, status,
                      principal_outstanding, version, state)
   SELECT (r->>0)::int4, r->>1, r->>2, r->>3, r->>4, (r->>5)::int8, (r->>6)::int4, s.state
-  FROM jsonb_array_elements($6::jsonb) WITH ORDINALITY AS t(r, n)
-  JOIN unnest($19::bytea[]) WITH ORDINALITY AS s(state, n) USING (n)
+  FROM jsonb_array_elements({loans}::jsonb) WITH ORDINALITY AS t(r, n)
+  JOIN unnest({booked_states}::bytea[]) WITH ORDINALITY AS s(state, n) USING (n)
   WHERE EXISTS (SELECT FROM fence)
-),
+)""",
+    "stored_ids": """
 lu AS (
   -- loans already stored (end of day rewrites every one of them): an UPDATE from typed
   -- arrays, not an upsert, which locked each row first (one more WAL record a loan) and
   -- parsed its columns out of JSON
   UPDATE loans AS o SET status = u.status, principal_outstanding = u.outstanding,
     version = u.version, state = u.state
-  FROM unnest($27::int4[], $21::text[], $22::text[], $23::int8[], $24::int4[], $25::bytea[])
+  FROM unnest({stored_shards}::int4[], {stored_ids}::text[], {stored_statuses}::text[],
+              {stored_outstanding}::int8[], {stored_versions}::int4[], {stored_states}::bytea[])
     AS u(shard_id, loan_id, status, outstanding, version, state)
   WHERE o.shard_id = u.shard_id AND o.loan_id = u.loan_id AND EXISTS (SELECT FROM fence)
   RETURNING 1
-),
+)""",
+    "repayments": """
 p AS (
   INSERT INTO repayments (shard_id, repayment_id, loan_id, partner_id, external_ref, kind,
                           amount, value_date, penalty, fee, interest, principal)
   SELECT (r->>0)::int4, r->>1, r->>2, r->>3, r->>4, r->>5, (r->>6)::int8, (r->>7)::date,
          (r->>8)::int8, (r->>9)::int8, (r->>10)::int8, (r->>11)::int8
-  FROM jsonb_array_elements($7::jsonb) AS r
+  FROM jsonb_array_elements({repayments}::jsonb) AS r
   WHERE EXISTS (SELECT FROM fence)
-),
+)""",
+    "lines": """
 j AS (
   INSERT INTO journal_lines (shard_id, entry_id, line_no, business_date, book, loan_id, cause,
                              kind, account, debit, credit)
   SELECT (r->>0)::int4, r->>1, (r->>2)::int2, (r->>3)::date, r->>4, r->>5, r->>6, r->>7, r->>8,
          (r->>9)::int8, (r->>10)::int8
-  FROM jsonb_array_elements($8::jsonb) AS r
+  FROM jsonb_array_elements({lines}::jsonb) AS r
   WHERE EXISTS (SELECT FROM fence)
-),
+)""",
+    "balances": """
 b AS (
   INSERT INTO account_balances (shard_id, book, account, debit, credit)
   SELECT (r->>0)::int4, r->>1, r->>2, (r->>3)::int8, (r->>4)::int8
-  FROM jsonb_array_elements($9::jsonb) AS r
+  FROM jsonb_array_elements({balances}::jsonb) AS r
   WHERE EXISTS (SELECT FROM fence)
   ON CONFLICT (shard_id, book, account) DO UPDATE
     SET debit = account_balances.debit + EXCLUDED.debit,
         credit = account_balances.credit + EXCLUDED.credit
-),
+)""",
+    "movements": """
 gm AS (
   -- the day's movements per account, for the daily GL summary (migration 0011)
   INSERT INTO gl_daily_movements (shard_id, business_date, book, account, debit, credit)
   SELECT (r->>0)::int4, (r->>1)::date, r->>2, r->>3, (r->>4)::int8, (r->>5)::int8
-  FROM jsonb_array_elements($20::jsonb) AS r
+  FROM jsonb_array_elements({movements}::jsonb) AS r
   WHERE EXISTS (SELECT FROM fence)
   ON CONFLICT (shard_id, business_date, book, account) DO UPDATE
     SET debit = gl_daily_movements.debit + EXCLUDED.debit,
         credit = gl_daily_movements.credit + EXCLUDED.credit
-),
+)""",
+    "idempotency": """
 i AS (
   INSERT INTO idempotency (shard_id, partner_id, idem_key, request_hash, status, body)
   SELECT (r->>0)::int4, r->>1, r->>2, r->>3, (r->>4)::int2, s.body
-  FROM jsonb_array_elements($10::jsonb) WITH ORDINALITY AS t(r, n)
-  JOIN unnest($29::bytea[]) WITH ORDINALITY AS s(body, n) USING (n)
+  FROM jsonb_array_elements({idempotency}::jsonb) WITH ORDINALITY AS t(r, n)
+  JOIN unnest({response_bodies}::bytea[]) WITH ORDINALITY AS s(body, n) USING (n)
   WHERE EXISTS (SELECT FROM fence)
-),
+)""",
+    "refs": """
 x AS (
   -- no ON CONFLICT (nor on idempotency): a key or reference already used fails the whole
   -- statement; the shard then prefetches what is used and applies the batch again (409).
   INSERT INTO partner_refs (shard_id, partner_id, kind, ref, object_id)
   SELECT (r->>0)::int4, r->>1, r->>2, r->>3, r->>4
-  FROM jsonb_array_elements($11::jsonb) AS r
+  FROM jsonb_array_elements({refs}::jsonb) AS r
   WHERE EXISTS (SELECT FROM fence)
-),
+)""",
+    "reviews": """
 v AS (
   INSERT INTO application_reviews (shard_id, application_id, state)
   SELECT (r->>0)::int4, r->>1, r->2
-  FROM jsonb_array_elements($12::jsonb) AS r
+  FROM jsonb_array_elements({reviews}::jsonb) AS r
   WHERE EXISTS (SELECT FROM fence)
   ON CONFLICT (shard_id, application_id) DO UPDATE SET state = EXCLUDED.state
-),
+)""",
+    "audit": """
 u AS (
   -- operator decisions are audited in the commit of the change they make
   INSERT INTO audit_log (shard_id, actor, action, target, before, after)
   SELECT (r->>0)::int4, r->>1, r->>2, r->>3, NULLIF(r->4, 'null'::jsonb),
          NULLIF(r->5, 'null'::jsonb)
-  FROM jsonb_array_elements($13::jsonb) AS r
+  FROM jsonb_array_elements({audit}::jsonb) AS r
   WHERE EXISTS (SELECT FROM fence)
-),
+)""",
+    "eod": """
 e AS (
   -- end-of-day progress: counts accumulate chunk after chunk (at most one row a batch)
   INSERT INTO eod_shard_progress AS g (shard_id, business_date, processed, accrued_interest,
@@ -203,7 +228,7 @@ e AS (
          CASE WHEN (r->>12)::boolean THEN now() END,
          (r->>13)::int8, (r->>14)::int8, (r->>15)::int8, (r->>16)::int8, (r->>17)::int8,
          (r->>18)::int8, (r->>19)::int8, (r->>20)::int8, (r->>21)::int8, (r->>22)::int8
-  FROM jsonb_array_elements($14::jsonb) AS r
+  FROM jsonb_array_elements({eod}::jsonb) AS r
   WHERE EXISTS (SELECT FROM fence)
   ON CONFLICT (shard_id, business_date) DO UPDATE SET
     processed = g.processed + EXCLUDED.processed,
@@ -227,54 +252,84 @@ e AS (
     buckets = COALESCE(EXCLUDED.buckets, g.buckets),
     classifications = COALESCE(EXCLUDED.classifications, g.classifications),
     finished_at = COALESCE(EXCLUDED.finished_at, g.finished_at)
-),
+)""",
+    "cases": """
 cc AS (
   INSERT INTO collection_cases (shard_id, case_id, loan_id, status, bucket, dpd, assignee,
                                 follow_up_on, opened_on, state)
   SELECT (r->>0)::int4, r->>1, r->>2, r->>3, r->>4, (r->>5)::int4, r->>6, (r->>7)::date,
          (r->>8)::date,
          r->9
-  FROM jsonb_array_elements($15::jsonb) AS r
+  FROM jsonb_array_elements({cases}::jsonb) AS r
   WHERE EXISTS (SELECT FROM fence)
   ON CONFLICT (shard_id, case_id) DO UPDATE SET status = EXCLUDED.status,
     bucket = EXCLUDED.bucket, dpd = EXCLUDED.dpd, assignee = EXCLUDED.assignee,
     follow_up_on = EXCLUDED.follow_up_on, state = EXCLUDED.state
-),
+)""",
+    "events": """
 ce AS (
   INSERT INTO collection_events (shard_id, case_id, business_date, kind, actor, detail)
   SELECT (r->>0)::int4, r->>1, (r->>2)::date, r->>3, r->>4, r->5
-  FROM jsonb_array_elements($16::jsonb) WITH ORDINALITY AS t(r, n)
+  FROM jsonb_array_elements({events}::jsonb) WITH ORDINALITY AS t(r, n)
   WHERE EXISTS (SELECT FROM fence)
   ORDER BY n  -- event_id keeps the order the shard wrote them in
-),
+)""",
+    "contacts": """
 ct AS (
   INSERT INTO contact_log (shard_id, customer_id, contact_on, channel, actor, case_id,
                            request_id)
   SELECT (r->>0)::int4, r->>1, (r->>2)::date, r->>3, r->>4, r->>5, r->>6
-  FROM jsonb_array_elements($17::jsonb) AS r
+  FROM jsonb_array_elements({contacts}::jsonb) AS r
   WHERE EXISTS (SELECT FROM fence)
-),
+)""",
+    "requests": """
 cr AS (
   INSERT INTO connector_requests (shard_id, request_id, kind, created_on, send_on, loan_id,
                                   customer_id, partner_id, amount, template, case_id)
   SELECT (r->>0)::int4, r->>1, r->>2, (r->>3)::date, (r->>4)::date, r->>5, r->>6, r->>7,
          (r->>8)::int8, r->>9, r->>10
-  FROM jsonb_array_elements($18::jsonb) AS r
+  FROM jsonb_array_elements({requests}::jsonb) AS r
   WHERE EXISTS (SELECT FROM fence)
-),
+)""",
+    "webhooks": """
 wh AS (
   -- partner webhook events (the outbox cluster/webhooks.py delivers; migration 0016), in
   -- the order the shard made them (`id` is the operators' newest-first order)
   INSERT INTO webhook_events (shard_id, event_id, partner_id, event_type, order_key, loan_id,
                               occurred_on, body)
   SELECT (r->>0)::int4, r->>1, r->>2, r->>3, r->>4, r->>5, (r->>6)::date, r->>7
-  FROM jsonb_array_elements($28::jsonb) WITH ORDINALITY AS t(r, n)
+  FROM jsonb_array_elements({webhooks}::jsonb) WITH ORDINALITY AS t(r, n)
   WHERE EXISTS (SELECT FROM fence)
   ORDER BY n
-)
-SELECT lendcore_check_group_commit((SELECT count(*) FROM fence), cardinality($1::int4[]),
-                                   (SELECT count(*) FROM lu), $26)
+)""",
+}
+# The last step fails the whole statement unless every shard was fenced and every stored loan
+# the commit changed was updated (migrations 0013, 0014).
+_CHECK = """
+SELECT lendcore_check_group_commit((SELECT count(*) FROM fence),
+                                   cardinality({fence_shards}::int4[]), {updated}, {stored_count})
 """
+_PARAMETER = re.compile(r"\{(\w+)\}")
+
+
+@functools.lru_cache(maxsize=256)
+def _statement(writes: tuple[str, ...]) -> tuple[str, tuple[str, ...]]:
+    """The commit statement holding `writes` (keys of _WRITES, in its order), and the names
+    of its parameters in their $n order. Few combinations occur (a repayment batch, an
+    application batch, an end-of-day chunk...), each prepared once per connection."""
+    updated = "(SELECT count(*) FROM lu)" if "stored_ids" in writes else "0"
+    text = ",\n".join([_FENCE.strip(), *(_WRITES[w].strip() for w in writes)])
+    text = f"WITH\n{text}\n{_CHECK.strip().replace('{updated}', updated)}\n"
+    names: list[str] = []
+
+    def number(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name not in names:
+            names.append(name)
+        return f"${names.index(name) + 1}"
+
+    return _PARAMETER.sub(number, text), tuple(names)
+
 
 _JSON = msgspec.json.Encoder()
 
@@ -306,14 +361,14 @@ class ShardCommit(NamedTuple):
 
 
 class _Params:
-    """The rows of _COMMIT's parameters, gathered shard after shard; every row starts with
-    its shard id."""
+    """The rows of the commit statement's parameters, gathered shard after shard; every row
+    starts with its shard id."""
 
     def __init__(self) -> None:
         self.fence: list[tuple[int, int, int]] = []
         self.tables: dict[str, list[tuple[Any, ...]]] = {name: [] for name in _TABLES}
         self.booked_states: list[bytes] = []
-        # byte columns, beside their tables' rows and in their order (see _COMMIT)
+        # byte columns, beside their tables' rows and in their order (see _WRITES)
         self.customer_states: list[bytes] = []
         self.application_states: list[bytes] = []
         self.application_traces: list[bytes | None] = []
@@ -321,7 +376,7 @@ class _Params:
         self.stored: list[tuple[int, str, str, int, int, bytes]] = []
 
 
-# The tables whose rows go to _COMMIT as jsonb parameters.
+# The tables whose rows go to the commit statement as jsonb parameters.
 _TABLES = ("customers", "applications", "loans", "repayments", "lines", "balances",
            "idempotency", "refs", "reviews", "audit", "eod", "cases", "events", "contacts",
            "requests", "movements", "webhooks")
@@ -402,28 +457,37 @@ def _add_shard(
     ]
 
 
-def _commit_args(
+def _commit_statement(
     parts: list[ShardCommit], codes: dict[str, str], lines_by_copy: bool = False
-) -> list[Any]:
-    """Positional parameters of _COMMIT for the batches of one or more shards; `codes` maps
-    account roles to chart codes. With `lines_by_copy` the statement writes no journal line
-    (the caller COPYs them)."""
+) -> tuple[str, list[Any]]:
+    """The commit statement for the batches of one or more shards, with its parameters;
+    `codes` maps account roles to chart codes. With `lines_by_copy` the statement writes no
+    journal line (the caller COPYs them)."""
     params = _Params()
     for part in parts:
         _add_shard(params, part, codes, lines_by_copy)
-    t = {name: _rows(rows) for name, rows in params.tables.items()}
     fence, stored = params.fence, params.stored
-    return [
-        [f[0] for f in fence], [f[1] for f in fence], [f[2] for f in fence],
-        t["customers"], t["applications"], t["loans"], t["repayments"], t["lines"],
-        t["balances"], t["idempotency"], t["refs"], t["reviews"], t["audit"], t["eod"],
-        t["cases"], t["events"], t["contacts"], t["requests"], params.booked_states,
-        t["movements"],
-        [n[1] for n in stored], [n[2] for n in stored], [n[3] for n in stored],
-        [n[4] for n in stored], [n[5] for n in stored], len(stored), [n[0] for n in stored],
-        t["webhooks"], params.response_bodies, params.application_states,
-        params.application_traces, params.customer_states,
-    ]
+    values: dict[str, Any] = {
+        "fence_shards": [f[0] for f in fence], "fence_next_seqs": [f[1] for f in fence],
+        "fence_epochs": [f[2] for f in fence],
+        "booked_states": params.booked_states, "response_bodies": params.response_bodies,
+        "application_states": params.application_states,
+        "application_traces": params.application_traces,
+        "customer_states": params.customer_states,
+        "stored_shards": [n[0] for n in stored], "stored_ids": [n[1] for n in stored],
+        "stored_statuses": [n[2] for n in stored], "stored_outstanding": [n[3] for n in stored],
+        "stored_versions": [n[4] for n in stored], "stored_states": [n[5] for n in stored],
+        "stored_count": len(stored),
+    }
+    writes = []
+    for write in _WRITES:
+        rows = params.stored if write == "stored_ids" else params.tables[write]
+        if rows:
+            writes.append(write)
+            if write != "stored_ids":
+                values[write] = _rows(rows)
+    statement, names = _statement(tuple(writes))
+    return statement, [values[name] for name in names]
 
 
 async def _load_collections(conn: asyncpg.Connection, state: ShardState) -> None:
@@ -540,12 +604,12 @@ class ShardStore:
         journal lines; the three more round trips are nothing beside the batch's size."""
         part = ShardCommit(shard_id, epoch, diff)
         if not self.is_bulk(diff):
-            args = _commit_args([part], self.codes)
-            self._fenced(await conn.fetchval(_COMMIT, *args), shard_id, epoch)
+            statement, args = _commit_statement([part], self.codes)
+            self._fenced(await conn.fetchval(statement, *args), shard_id, epoch)
             return
-        args = _commit_args([part], self.codes, lines_by_copy=True)
+        statement, args = _commit_statement([part], self.codes, lines_by_copy=True)
         async with conn.transaction():
-            self._fenced(await conn.fetchval(_COMMIT, *args), shard_id, epoch)
+            self._fenced(await conn.fetchval(statement, *args), shard_id, epoch)
             await conn.copy_records_to_table(
                 "journal_lines", records=journal_rows(shard_id, diff, self.codes),
                 columns=JOURNAL_COLUMNS)
@@ -560,7 +624,8 @@ class ShardStore:
         statement then wrote nothing); a PostgresError (a used idempotency key or
         reference, a failed check) also leaves nothing written. The caller then commits the
         parts one by one to learn which shard the failure belongs to."""
-        fenced = await conn.fetchval(_COMMIT, *_commit_args(parts, self.codes))
+        statement, args = _commit_statement(parts, self.codes)
+        fenced = await conn.fetchval(statement, *args)
         if fenced != len(parts):
             raise GroupNotFenced(f"{fenced} of {len(parts)} shards fenced")
 
