@@ -82,6 +82,25 @@ LATENCY = Histogram(
     "lendcore_http_request_seconds", "HTTP request latency", ["api", "route"],
     buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5),
 )
+# The metric children of each route and status, labelled once: labels() takes a lock and
+# builds the label tuple on every call. Routes and statuses are few (the route table's names
+# and the HTTP statuses the API answers), so these stay small.
+_REQUEST_COUNTERS: dict[tuple[str, int], Any] = {}
+_ROUTE_LATENCIES: dict[str, Any] = {}
+
+
+def _observe(route: str, status: int, seconds: float) -> None:
+    counter = _REQUEST_COUNTERS.get((route, status))
+    if counter is None:
+        counter = _REQUEST_COUNTERS[(route, status)] = REQUESTS.labels(
+            "partner", route, str(status))
+    counter.inc()
+    latency = _ROUTE_LATENCIES.get(route)
+    if latency is None:
+        latency = _ROUTE_LATENCIES[route] = LATENCY.labels("partner", route)
+    latency.observe(seconds)
+
+
 IDEMPOTENCY_KEY_MAX = 255
 
 _APPLICATION = msgspec.json.Decoder(ApplicationIn)
@@ -177,8 +196,7 @@ class PartnerApi:
                 "Idempotency-Key", retry_after_s=1,
             ))
         finally:
-            REQUESTS.labels("partner", route, str(status)).inc()
-            LATENCY.labels("partner", route).observe(time.perf_counter() - started)
+            _observe(route, status, time.perf_counter() - started)
 
     async def _handle(self, scope: Scope, receive: Receive) -> tuple[str, Response]:
         method = scope["method"]
