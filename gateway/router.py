@@ -95,6 +95,7 @@ class HostChannel:
         if fill_s < 0:
             raise ValueError("fill_s must not be negative")
         self._fill_s = fill_s
+        self._running = 0  # calls sent and not answered yet (a done task may linger in _calls)
         self._call_ended = asyncio.Event()
         self._queue: deque[_Pending] = deque()
         self._wake = asyncio.Event()
@@ -130,7 +131,7 @@ class HostChannel:
                 self._wake.clear()
                 await self._wake.wait()
             await self._slots.acquire()
-            if self._calls and self._fill_s > 0:
+            if self._running and self._fill_s > 0:
                 await self._fill()
             # One yield so that requests arriving in the same tick share this call.
             await asyncio.sleep(0)
@@ -144,6 +145,7 @@ class HostChannel:
             if not items:
                 self._slots.release()
                 continue
+            self._running += 1
             task = asyncio.create_task(self._call(items))
             self._calls.add(task)  # keep a reference until done (asyncio holds weak ones)
             task.add_done_callback(self._calls.discard)
@@ -198,6 +200,7 @@ class HostChannel:
                     replayed = reply.replayed and item.attempts == 0
                     item.future.set_result(msgspec.structs.replace(reply, replayed=replayed))
         finally:
+            self._running -= 1
             self._slots.release()
             self._call_ended.set()
 

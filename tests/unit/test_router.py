@@ -127,3 +127,34 @@ def test_a_negative_fill_is_refused() -> None:
 
     with pytest.raises(ValueError, match="fill_s"):
         HostChannel(0, send, items_max=10, in_flight_max=1, retryable=(), fill_s=-0.001)
+
+
+@pytest.mark.asyncio
+async def test_the_call_after_one_that_just_ended_does_not_wait_to_fill() -> None:
+    """One slot: the next call waits for the slot, which the running call frees as it ends.
+    Its task is still finishing then; the next call must not take it for a running one and
+    wait `fill_s` to fill."""
+    calls: list[list[str]] = []
+    first_call_may_finish = asyncio.Event()
+
+    async def send(host_id: int, payload: bytes) -> bytes:
+        envelopes = BATCH_DECODER.decode(payload)
+        calls.append([e.command.loan_id for e in envelopes])  # type: ignore[union-attr]
+        if len(calls) == 1:
+            await first_call_may_finish.wait()
+        return BATCH_ENCODER.encode([Reply(200, b"{}")] * len(envelopes))
+
+    channel = HostChannel(0, send, items_max=10, in_flight_max=1, retryable=(Unavailable,),
+                          fill_s=5.0)
+    router = ShardRouter([0], {0: channel}, pending_max=100, retry_deadline_s=5)
+    router.start()
+    try:
+        first = router.call(0, _loan(1))
+        await asyncio.sleep(0.01)
+        second = router.call(0, _loan(2))  # queued: the only slot is taken
+        await asyncio.sleep(0.01)
+        first_call_may_finish.set()
+        replies = await asyncio.wait_for(asyncio.gather(first, second), 1.0)
+        assert [r.status for r in replies] == [200, 200]
+    finally:
+        await router.close()
