@@ -28,6 +28,7 @@ from collections.abc import AsyncIterator
 from typing import Any, NamedTuple
 
 import asyncpg
+import lz4.block
 import msgspec
 
 from lending import ledger
@@ -54,6 +55,28 @@ class GroupNotFenced(Exception):
 
 
 _ENCODER = msgspec.msgpack.Encoder()
+
+# Stored responses (the idempotency table's body, kept for replays after Redis lost its copy)
+# are lz4-compressed: a repayment's reply, with its loan view, is about 2.8 KB of JSON and
+# 0.8 KB compressed, in 3 us. Uncompressed, it was half of the WAL a repayment writes, and
+# Postgres spent 12-13 us more inserting each. A compressed body starts with a zero byte,
+# which no JSON response does, so bodies stored before (plain JSON) are read as they are.
+# Short bodies (an error, a small decision) stay plain: compression would not pay.
+_PACKED = b"\x00"
+PACK_BYTES_MIN = 256
+
+
+def pack_response(body: bytes) -> bytes:
+    """The stored form of a response body (unpack_response gives it back, byte for byte)."""
+    if len(body) < PACK_BYTES_MIN and body[:1] != _PACKED:
+        return body
+    return _PACKED + lz4.block.compress(body)
+
+
+def unpack_response(stored: bytes) -> bytes:
+    if stored[:1] == _PACKED:
+        return bytes(lz4.block.decompress(stored[1:]))
+    return stored
 _CUSTOMER = msgspec.msgpack.Decoder(Customer)
 _APPLICATION = msgspec.msgpack.Decoder(Application)
 _REVIEW = msgspec.json.Decoder(Review)  # application_reviews.state is jsonb: ops read it
@@ -420,7 +443,7 @@ def _add_shard(
                       for (book, role), (d, c) in ledger.balances_of(daily).items()]
     for k in diff.idempotency.values():
         t["idempotency"].append((shard_id, k.partner_id, k.idem_key, k.request_hash, k.status))
-        params.response_bodies.append(k.body)
+        params.response_bodies.append(pack_response(k.body))
     t["refs"] += [(shard_id, *ref) for ref in diff.partner_refs]
     t["reviews"] += [(shard_id, v.application_id, v) for v in diff.reviews.values()]
     t["audit"] += [(shard_id, u.actor, u.action, u.target, u.before, u.after)
@@ -585,7 +608,7 @@ class ShardStore:
             if row["kind"] == "i":
                 record = IdempotencyRecord(
                     row["partner_id"], row["ref"], row["request_hash"], row["status"],
-                    bytes(row["body"]),
+                    unpack_response(bytes(row["body"])),
                 )
                 prefetched.idempotency[(record.partner_id, record.idem_key)] = record
             else:
