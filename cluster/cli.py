@@ -97,6 +97,9 @@ def _add_bench(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                        help="start the system with a local Ray cluster of N nodes")
     bench.add_argument("--gateways", type=int, default=None, metavar="K",
                        help="start the system with K gateway processes on the partner port")
+    bench.add_argument("--connections", type=_connections, default=64, metavar="N",
+                       help="client connections of the baseline, single-repayment and "
+                            "application phases (default 64; 1..1024)")
     bench.add_argument("--eod", type=int, default=None, metavar="N",
                        help="instead of the load phases: seed N loans, time one end of day")
 
@@ -135,6 +138,13 @@ def _add_seed(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     seed.add_argument("--config", type=Path, default=None, metavar="FILE", help=CONFIG_HELP)
 
 
+def _connections(text: str) -> int:
+    value = int(text)
+    if not 1 <= value <= 1024:
+        raise argparse.ArgumentTypeError("must be in 1..1024")
+    return value
+
+
 def _bench(args: argparse.Namespace) -> int:
     if args.eod is not None:
         from loadtests.bench import run_eod_bench
@@ -143,7 +153,8 @@ def _bench(args: argparse.Namespace) -> int:
     from loadtests.bench import run_bench
 
     return run_bench(args.config, quick=args.quick, loans=args.loans, duration=args.duration,
-                     product=args.product, nodes=args.nodes, gateways=args.gateways)
+                     product=args.product, nodes=args.nodes, gateways=args.gateways,
+                     connections=args.connections)
 
 
 # bandit over the code that runs the service (tests and load generators excluded: their

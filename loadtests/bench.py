@@ -102,7 +102,7 @@ def _wait_http_ok(url: str, timeout_s: float) -> None:
     raise RuntimeError(f"{url} did not answer 200 within {timeout_s} s")
 
 
-def measure_baseline(duration_s: float) -> LoadResult:
+def measure_baseline(duration_s: float, connections: int = CONNECTIONS) -> LoadResult:
     port = _free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "uvicorn", "loadtests.hello:app", "--port", str(port),
@@ -114,7 +114,7 @@ def measure_baseline(duration_s: float) -> LoadResult:
         _wait_http_ok(f"http://127.0.0.1:{port}/", 30)
         request = build_request("GET", "/", f"127.0.0.1:{port}", {}, b"")
         return uvloop.run(run_load(
-            "127.0.0.1", port, lambda: request, connections=CONNECTIONS, duration_s=duration_s
+            "127.0.0.1", port, lambda: request, connections=connections, duration_s=duration_s
         ))
     finally:
         server.terminate()
@@ -407,7 +407,8 @@ class Batching:
 
 
 async def load_phases(
-    api_port: int, ops_port: int, pg_dsn: str, loans_wanted: int, duration_s: float
+    api_port: int, ops_port: int, pg_dsn: str, loans_wanted: int, duration_s: float,
+    connections: int = CONNECTIONS,
 ) -> dict[str, float | int]:
     host, hostport = "127.0.0.1", f"127.0.0.1:{api_port}"
     started = time.perf_counter()
@@ -421,14 +422,14 @@ async def load_phases(
     cpu_before = cpu_snapshot()
     single = await run_load(
         host, api_port, repayment_factory(loans, hostport, run_id + "s"),
-        connections=CONNECTIONS, duration_s=duration_s,
+        connections=connections, duration_s=duration_s,
     )
     cpu = cpu_ms_per_request(cpu_before, cpu_snapshot(), single.requests)
     items_per_call, commands_per_commit = batching.per_unit()
     wal_bytes, rows = await written.per_item(single.requests)
     paced = await run_load(
         host, api_port, repayment_factory(loans, hostport, run_id + "p"),
-        connections=CONNECTIONS, duration_s=duration_s, rate_per_s=PACED_RATE,
+        connections=connections, duration_s=duration_s, rate_per_s=PACED_RATE,
     )
     counter = BatchCounter()
     cpu_before = cpu_snapshot()
@@ -441,7 +442,7 @@ async def load_phases(
     cpu_before = cpu_snapshot()
     apps = await run_load(
         host, api_port, application_factory(hostport, run_id, loans_wanted),
-        connections=CONNECTIONS, duration_s=duration_s, on_response=decisions,
+        connections=connections, duration_s=duration_s, on_response=decisions,
     )
     app_cpu = cpu_ms_per_request(cpu_before, cpu_snapshot(), apps.requests)
     not_approved = apps.requests - apps.errors - decisions.by_status.get("approved", 0)
@@ -608,11 +609,12 @@ def _stop(process: subprocess.Popen[str]) -> int:
 def run_bench(
     config_file: Path | None, *, quick: bool, loans: int | None, duration: float | None,
     product: str = "CASH_EI_12", nodes: int | None = None, gateways: int | None = None,
+    connections: int = CONNECTIONS,
 ) -> int:
     BENCH_PRODUCT[0] = product
     loans_wanted = loans or (400 if quick else 20000)
     duration_s = duration or (3.0 if quick else 15.0)
-    baseline = measure_baseline(duration_s)
+    baseline = measure_baseline(duration_s, connections)
     print(f"baseline_rps={baseline.rps:.0f}", flush=True)
     with ExitStack() as stack:
         # Entered first, so removed last: embedded services must stop before their files go
@@ -623,7 +625,8 @@ def run_bench(
             stack, config_file, pg_dsn, redis_url, workdir, nodes, gateways
         )
         print(f"up_ready_s={ready_s:.1f}", flush=True)
-        figures = uvloop.run(load_phases(api_port, ops_port, pg_dsn, loans_wanted, duration_s))
+        figures = uvloop.run(load_phases(
+            api_port, ops_port, pg_dsn, loans_wanted, duration_s, connections))
         balanced = _trial_balance_ok(ops_port)
         exit_code = _stop(process)
     figures.update({
@@ -642,7 +645,8 @@ def run_bench(
              else f"{k}={figures[k]:.1f}" if isinstance(figures[k], float)
              else f"{k}={figures[k]}" for k in order]
     parts += [f"balanced={str(balanced).lower()}", f"up_exit={exit_code}",
-              f"product={product}", f"nodes={nodes or 1}", f"gateways={gateways or 1}"]
+              f"product={product}", f"nodes={nodes or 1}", f"gateways={gateways or 1}",
+              f"connections={connections}"]
     print(" ".join(parts), flush=True)
     healthy = figures["errors"] == 0 and figures["app_not_approved"] == 0
     return 0 if balanced and exit_code == 0 and healthy else 1
