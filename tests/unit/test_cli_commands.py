@@ -131,3 +131,15 @@ def _closed_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def test_bench_connections_default_to_64_and_stay_in_1_to_1024(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    parser = build_parser()
+    assert parser.parse_args(["bench", "--quick"]).connections == 64
+    assert parser.parse_args(["bench", "--connections", "256"]).connections == 256
+    for bad in ("0", "1025", "many"):
+        with pytest.raises(SystemExit):
+            parser.parse_args(["bench", "--connections", bad])
+        assert "--connections" in capsys.readouterr().err
