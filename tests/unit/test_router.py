@@ -43,8 +43,11 @@ async def test_a_cancelled_request_is_neither_sent_nor_retried() -> None:
 
 
 def _recording_channel(
-    calls: list[list[str]], first_call_may_finish: asyncio.Event, fill_s: float
+    calls: list[list[str]], first_call_may_finish: asyncio.Event, fill_s: float,
+    in_flight_max: int = 4,
 ) -> ShardRouter:
+    """A router of one host whose first call runs until `first_call_may_finish`; every
+    call's loan ids are appended to `calls`."""
     async def send(host_id: int, payload: bytes) -> bytes:
         envelopes = BATCH_DECODER.decode(payload)
         calls.append([e.command.loan_id for e in envelopes])  # type: ignore[union-attr]
@@ -52,8 +55,8 @@ def _recording_channel(
             await first_call_may_finish.wait()
         return BATCH_ENCODER.encode([Reply(200, b"{}")] * len(envelopes))
 
-    channel = HostChannel(0, send, items_max=10, in_flight_max=4, retryable=(Unavailable,),
-                          fill_s=fill_s)
+    channel = HostChannel(0, send, items_max=10, in_flight_max=in_flight_max,
+                          retryable=(Unavailable,), fill_s=fill_s)
     return ShardRouter([0], {0: channel}, pending_max=100, retry_deadline_s=5)
 
 
@@ -136,17 +139,7 @@ async def test_the_call_after_one_that_just_ended_does_not_wait_to_fill() -> Non
     wait `fill_s` to fill."""
     calls: list[list[str]] = []
     first_call_may_finish = asyncio.Event()
-
-    async def send(host_id: int, payload: bytes) -> bytes:
-        envelopes = BATCH_DECODER.decode(payload)
-        calls.append([e.command.loan_id for e in envelopes])  # type: ignore[union-attr]
-        if len(calls) == 1:
-            await first_call_may_finish.wait()
-        return BATCH_ENCODER.encode([Reply(200, b"{}")] * len(envelopes))
-
-    channel = HostChannel(0, send, items_max=10, in_flight_max=1, retryable=(Unavailable,),
-                          fill_s=5.0)
-    router = ShardRouter([0], {0: channel}, pending_max=100, retry_deadline_s=5)
+    router = _recording_channel(calls, first_call_may_finish, fill_s=5.0, in_flight_max=1)
     router.start()
     try:
         first = router.call(0, _loan(1))
