@@ -77,6 +77,8 @@ def unpack_response(stored: bytes) -> bytes:
     if stored[:1] == _PACKED:
         return bytes(lz4.block.decompress(stored[1:]))
     return stored
+
+
 _CUSTOMER = msgspec.msgpack.Decoder(Customer)
 _APPLICATION = msgspec.msgpack.Decoder(Application)
 _REVIEW = msgspec.json.Decoder(Review)  # application_reviews.state is jsonb: ops read it
@@ -117,7 +119,8 @@ fence AS (
   WHERE s.shard_id = f.shard_id AND s.epoch = f.epoch
   RETURNING 1
 )"""
-# table (the key of its rows in _commit_statement) -> its write, in the statement's order
+# the key of a write's rows in _commit_statement (a table's name, or `stored_ids` for the
+# stored loans the batch changed) -> the write; the statement keeps this order
 _WRITES: dict[str, str] = {
     "customers": """
 c AS (
