@@ -44,11 +44,13 @@ import msgspec
 from prometheus_client import Counter, Histogram
 from purgatory import AsyncCircuitBreakerFactory
 from purgatory.domain.model import OpenedState
-from purgatory.service._async.circuitbreaker import AsyncCircuitBreaker
 
 from lending.screening import SOURCE_OK, SOURCE_UNAVAILABLE, SOURCES, SourceResult
 
 if TYPE_CHECKING:
+    # the breaker's type is not exported by purgatory: only annotated here
+    from purgatory.service._async.circuitbreaker import AsyncCircuitBreaker
+
     from cluster.config import ConnectorSettings
 
 log = logging.getLogger("lendcore.connectors")
