@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import logging
 import math
 import socket
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from datetime import date, datetime, timedelta, timezone
 from typing import Any
 
@@ -74,6 +75,15 @@ HOST_READY_TIMEOUT_S = 120
 STATS_TIMEOUT_S = 2.0
 HOST_STOP_TIMEOUT_S = 30
 POOL_CLOSE_TIMEOUT_S = 10.0
+# Each other step of a stop (a background loop, the HTTP servers' drain, the router) gets at
+# most this long: a step that hangs is logged with every task still running and the stop
+# goes on, so `lendcore up` always exits (twice a test's System.stop did not end in 180 s,
+# cause not found: the log now names the step and the stacks).
+STOP_STEP_TIMEOUT_S = 15.0
+# The HTTP servers' drain: partner requests are answered within request_timeout_s; past
+# this, requests still running (a long operator call: end of day resumes where it stopped)
+# are cancelled.
+DRAIN_MARGIN_S = 5
 RAY_RETRYABLE: tuple[type[BaseException], ...] = (
     ray.exceptions.RayActorError,
     ray.exceptions.ActorUnavailableError,
@@ -436,6 +446,7 @@ class System:
                 # No X-Forwarded-* rewriting: nothing of ours reads the client address, and
                 # the middleware was a layer of Python on every request.
                 proxy_headers=False,
+                timeout_graceful_shutdown=int(s.gateway.request_timeout_s) + DRAIN_MARGIN_S,
             ))
             self._servers.append(server)
             sockets = [self.api_socket] if app is partner and self.api_socket else None
@@ -595,23 +606,29 @@ class System:
     async def stop(self) -> None:
         """Drain: stop accepting, let in-flight requests finish, stop hosts, close."""
         if self.coordinator is not None:
-            await self.coordinator.stop()  # first: no move may start while hosts stop
-        await self.readiness.stop()
-        await self.sampler.stop()
+            # first: no move may start while hosts stop
+            await _stop_step("coordinator", self.coordinator.stop())
+        await _stop_step("readiness", self.readiness.stop())
+        await _stop_step("sampler", self.sampler.stop())
         if self.eod_scheduler is not None:
-            await self.eod_scheduler.stop()  # first: a scheduled run needs the hosts
+            # first: a scheduled run needs the hosts
+            await _stop_step("end-of-day scheduler", self.eod_scheduler.stop())
         for server in self._servers:
             server.should_exit = True
-        await asyncio.gather(*self._server_tasks, return_exceptions=True)
+        await _stop_step("HTTP servers", asyncio.gather(*self._server_tasks,
+                                                        return_exceptions=True),
+                         self.settings.gateway.request_timeout_s + DRAIN_MARGIN_S + 5)
         if self._outbox_task is not None:
             self._outbox_task.cancel()
-            await asyncio.gather(self._outbox_task, return_exceptions=True)
+            await _stop_step("outbox", asyncio.gather(self._outbox_task,
+                                                      return_exceptions=True))
         if self.webhooks is not None:
-            await self.webhooks.stop()  # an unrecorded attempt is sent again after restart
+            # an unrecorded attempt is sent again after restart
+            await _stop_step("webhooks", self.webhooks.stop())
         if self.router is not None:
-            await self.router.close()
+            await _stop_step("router", self.router.close())
         if self.connectors is not None:
-            await self.connectors.aclose()
+            await _stop_step("connectors", self.connectors.aclose())
         # An extra gateway process leaves the shard hosts to the process that owns them.
         stops = [] if self.gateway_only else [host.stop.remote() for host in self.hosts]
         try:
@@ -627,7 +644,7 @@ class System:
             ray.kill(host, no_restart=True)
         for client in (self._redis, self._batch_redis):
             if client is not None:
-                await client.aclose()
+                await _stop_step("Redis client", client.aclose())
         if self._pool is not None:
             try:
                 # close() waits for every connection to come back; a task that never
@@ -638,3 +655,21 @@ class System:
                             POOL_CLOSE_TIMEOUT_S)
                 self._pool.terminate()
 
+
+async def _stop_step(name: str, step: Awaitable[Any],
+                     timeout_s: float = STOP_STEP_TIMEOUT_S) -> None:
+    """One step of System.stop, bounded: past `timeout_s` it is cancelled, and the tasks
+    still running are logged with their stacks, so a hang says where it was."""
+    try:
+        await asyncio.wait_for(step, timeout_s)
+    except TimeoutError:
+        log.error("stop: %s did not finish within %s s; going on without it. Tasks "
+                  "still running:\n%s", name, timeout_s, _task_stacks())
+
+
+def _task_stacks(limit: int = 50) -> str:
+    stacks = io.StringIO()
+    for task in list(asyncio.all_tasks())[:limit]:
+        if task is not asyncio.current_task():
+            task.print_stack(limit=8, file=stacks)
+    return stacks.getvalue()
