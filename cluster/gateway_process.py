@@ -40,6 +40,7 @@ import ray
 import uvloop
 from prometheus_client import Gauge
 
+from actors.heap import freeze_startup_heap
 from cluster.config import PROJECT_ROOT, ConfigError, Settings, load_settings
 from cluster.system import System
 
@@ -107,6 +108,7 @@ async def _serve(settings: Settings) -> None:
             while not system.ready() and not stop.is_set():
                 await asyncio.sleep(0.1)
             if not stop.is_set():
+                log.info("gateway heap: %d start-up objects frozen", freeze_startup_heap())
                 print(f"ready api={system.api_url} pid={os.getpid()}", flush=True)
                 log.info("gateway process %d serving %s, routing by shard map version %s",
                          os.getpid(), system.api_url, system.router and system.router.map_version)

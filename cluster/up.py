@@ -21,6 +21,7 @@ from pathlib import Path
 import ray
 import uvloop
 
+from actors.heap import freeze_startup_heap
 from cluster.bootstrap import gcs_address, start_ray, stop_ray
 from cluster.config import ConfigError, Settings, load_partner_merchants, load_settings
 from cluster.gateway_process import ExtraGateways, mark_process, reuseport_socket
@@ -101,6 +102,7 @@ async def serve(settings: Settings, pg_dsn: str, redis_url: str, phases: Startup
         start.result()
         while not system.ready() and not stop.is_set():  # /readyz would answer 200 now
             await asyncio.sleep(READY_POLL_S)
+        log.info("gateway heap: %d start-up objects frozen", freeze_startup_heap())
         if settings.gateway.processes > 1 and not stop.is_set():
             phases.done("system")
             extras = ExtraGateways(
