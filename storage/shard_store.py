@@ -28,7 +28,6 @@ from collections.abc import AsyncIterator
 from typing import Any, NamedTuple
 
 import asyncpg
-import lz4.block
 import msgspec
 
 from lending import ledger
@@ -44,6 +43,7 @@ from lending.shard_state import (
     ShardState,
     without_trace,
 )
+from storage.packed import pack_response, unpack_response
 
 
 class LeaseLost(Exception):
@@ -57,26 +57,8 @@ class GroupNotFenced(Exception):
 _ENCODER = msgspec.msgpack.Encoder()
 
 # Stored responses (the idempotency table's body, kept for replays after Redis lost its copy)
-# are lz4-compressed: a repayment's reply, with its loan view, is about 2.8 KB of JSON and
-# 0.8 KB compressed, in 3 us. Uncompressed, it was half of the WAL a repayment writes, and
-# Postgres spent 12-13 us more inserting each. A compressed body starts with a zero byte,
-# which no JSON response does, so bodies stored before (plain JSON) are read as they are.
-# Short bodies (an error, a small decision) stay plain: compression would not pay.
-_PACKED = b"\x00"
-PACK_BYTES_MIN = 256
-
-
-def pack_response(body: bytes) -> bytes:
-    """The stored form of a response body (unpack_response gives it back, byte for byte)."""
-    if len(body) < PACK_BYTES_MIN and body[:1] != _PACKED:
-        return body
-    return _PACKED + lz4.block.compress(body)
-
-
-def unpack_response(stored: bytes) -> bytes:
-    if stored[:1] == _PACKED:
-        return bytes(lz4.block.decompress(stored[1:]))
-    return stored
+# are lz4-compressed (storage/packed.py). Uncompressed, a repayment's reply was half of the
+# WAL a repayment writes, and Postgres spent 12-13 us more inserting each.
 
 
 _CUSTOMER = msgspec.msgpack.Decoder(Customer)

@@ -128,6 +128,32 @@ async def test_completed_request_is_cached_byte_for_byte(
 
 
 @pytest.mark.asyncio
+async def test_a_long_response_is_kept_compressed_and_replayed_byte_for_byte(
+    guard: RedisGuard, client: redis.asyncio.Redis, redis_prefix: str  # noqa: F811
+) -> None:
+    schedule = [{"period": p, "due_date": f"2027-{p:02d}-28", "principal": 76680 + p,
+                 "interest": 15000 - p, "status": "pending"} for p in range(1, 13)]
+    body = json.dumps({"repayment_id": "RP-0001-0000000001", "loan": {"schedule": schedule}})
+    raw = body.encode()
+    assert (await admit(guard, "key-1")).outcome == "proceed"
+    await guard.complete(PARTNER, "key-1", HASH_A, 201, raw)
+
+    kept = await client.hget(f"{redis_prefix}idem:{PARTNER}:key-1", "b")
+    assert kept is not None and kept[:1] == b"\x00" and len(kept) < len(raw) / 2
+    assert await admit(guard, "key-1") == Admission(outcome="cached", status=201, body=raw)
+
+
+@pytest.mark.asyncio
+async def test_a_plain_response_stored_before_compression_is_replayed_as_it_is(
+    guard: RedisGuard, client: redis.asyncio.Redis, redis_prefix: str  # noqa: F811
+) -> None:
+    stored = JSON_BODY * 20  # long enough that it would be compressed today
+    await client.hset(f"{redis_prefix}idem:{PARTNER}:key-1",
+                      mapping={"h": HASH_A, "s": 201, "b": stored})
+    assert await admit(guard, "key-1") == Admission(outcome="cached", status=201, body=stored)
+
+
+@pytest.mark.asyncio
 async def test_abandon_frees_the_key(guard: RedisGuard) -> None:
     assert (await admit(guard, "key-1", HASH_A)).outcome == "proceed"
     await guard.abandon(PARTNER, "key-1", HASH_A)

@@ -1,4 +1,4 @@
-"""Stored responses (storage/shard_store.py pack_response / unpack_response): what is stored
+"""Stored responses (storage/packed.py pack_response / unpack_response): what is stored
 reads back byte for byte, replies with a loan view shrink, and plain bodies stored before
 compression existed read as they are."""
 
@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from loan_factory import make_loan
 
 from lending import views
-from storage.shard_store import PACK_BYTES_MIN, pack_response, unpack_response
+from storage.packed import PACK_BYTES_MIN, pack_response, unpack_response
 
 
 @given(st.binary(max_size=5000))
