@@ -64,6 +64,11 @@ class ShardSettings(msgspec.Struct, forbid_unknown_fields=True):
     lease_claim_ttl_ms: int = 5000
 
 
+# How the gateway sends partner commands to the shard hosts: over each host's data port
+# (actors/data_port.py), or as Ray calls (what it did before; 1 ms of CPU more per call).
+HOST_TRANSPORTS = ("socket", "ray")
+
+
 class GatewaySettings(msgspec.Struct, forbid_unknown_fields=True):
     api_host: str = "127.0.0.1"
     api_port: int = 8080
@@ -73,6 +78,7 @@ class GatewaySettings(msgspec.Struct, forbid_unknown_fields=True):
     ray_call_items_max: int = 2000
     calls_in_flight_max: int = 4
     call_fill_ms: float = 20.0
+    host_transport: str = "socket"  # partner commands: "socket" (actors/data_port.py) or "ray"
     pending_max: int = 50000
     retry_deadline_s: float = 8.0
     request_timeout_s: float = 10.0
@@ -271,6 +277,7 @@ ENV_OVERRIDES: dict[str, tuple[str, str, type]] = {
     "LENDCORE_RAY_ADDRESS": ("cluster", "ray_address", str),
     "LENDCORE_LOCAL_NODES": ("cluster", "local_nodes", int),
     "LENDCORE_GATEWAY_PROCESSES": ("gateway", "processes", int),
+    "LENDCORE_HOST_TRANSPORT": ("gateway", "host_transport", str),
     "LENDCORE_PII_KEY": ("security", "pii_key_hex", str),
     "LENDCORE_HASH_KEY": ("security", "hash_key_hex", str),
 }
@@ -413,6 +420,8 @@ def _validate_timeouts(settings: Settings) -> None:
     if not 0 <= gateway.call_fill_ms <= 100:
         raise ConfigError("gateway.call_fill_ms must be in 0..100 (milliseconds a Ray call "
                           "may wait for the host's call in flight; every request waits it)")
+    if gateway.host_transport not in HOST_TRANSPORTS:
+        raise ConfigError(f"gateway.host_transport must be one of {list(HOST_TRANSPORTS)}")
     if settings.connectors.deadline_ms >= gateway.request_timeout_s * 1000:
         raise ConfigError(
             "connectors.deadline_ms must be below gateway.request_timeout_s: an application "

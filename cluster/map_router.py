@@ -11,12 +11,14 @@ gateway/router.py). Call `router.start()` inside the event loop that will use it
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import asyncpg
 import ray
 
 from cluster.config import Settings
+from gateway.host_link import HostLink, HostLinkLost
 from gateway.router import HostChannel, HostGone, ShardRouter
 from storage import shard_map_store
 
@@ -24,6 +26,9 @@ RAY_RETRYABLE: tuple[type[BaseException], ...] = (
     ray.exceptions.RayActorError,
     ray.exceptions.ActorUnavailableError,
 )
+# A call whose outcome is unknown, to be retried with the same command: the host's actor died
+# or is restarting, or the connection to its data port was lost (gateway/host_link.py).
+HOST_RETRYABLE = (*RAY_RETRYABLE, HostLinkLost)
 
 
 class HostHandles:
@@ -60,18 +65,37 @@ async def build_router_from_map(
     if not shard_map.places:
         raise RuntimeError("the shard map is empty: start `lendcore up` first")
 
-    async def send(host: str, payload: bytes) -> bytes:
+    async def on_host(host: str, call: Callable[[Any], Awaitable[Any]]) -> Any:
+        """`call` on the host's actor handle; a host killed for good is forgotten, since a
+        new actor may take its name."""
         handle = await handles.get(host)
         try:
-            result: bytes = await handle.submit.remote(payload)
+            return await call(handle)
         except ray.exceptions.ActorDiedError:
-            handles.forget(host)  # killed for good: a new actor may take the name
+            handles.forget(host)
             raise
+
+    async def send_by_ray(host: str, payload: bytes) -> bytes:
+        result: bytes = await on_host(host, lambda handle: handle.submit.remote(payload))
         return result
+
+    links: dict[str, HostLink] = {}
+
+    async def send_by_socket(host: str, payload: bytes) -> bytes:
+        link = links.get(host)
+        if link is None:
+            link = links[host] = HostLink(
+                host, lambda: on_host(host, lambda handle: handle.data_endpoint.remote()))
+        return await link.call(payload)
+
+    send = send_by_socket if g.host_transport == "socket" else send_by_ray
 
     def new_channel(host: str) -> HostChannel:
         return HostChannel(host, send, g.ray_call_items_max, g.calls_in_flight_max,
-                           RAY_RETRYABLE, fill_s=g.call_fill_ms / 1000)
+                           HOST_RETRYABLE, fill_s=g.call_fill_ms / 1000)
+
+    async def close_links() -> None:
+        await asyncio.gather(*(link.close() for link in links.values()))
 
     async def load_map() -> tuple[int, list[str]]:
         loaded = await shard_map_store.load(pool)
@@ -83,5 +107,5 @@ async def build_router_from_map(
     return ShardRouter(
         shard_map.hosts(), {}, g.pending_max, g.retry_deadline_s,
         new_channel=new_channel, load_map=load_map, load_version=load_version,
-        map_version=shard_map.version,
+        map_version=shard_map.version, close_links=close_links,
     )

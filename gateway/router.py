@@ -236,6 +236,7 @@ class ShardRouter:
         map_version: int = 0,
         refresh_min_interval_s: float = MAP_REFRESH_MIN_INTERVAL_S,
         version_check_s: float = MAP_VERSION_CHECK_S,
+        close_links: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.shard_hosts = list(shard_hosts)  # logical shard → host key
         self.channels = channels
@@ -245,6 +246,7 @@ class ShardRouter:
         self._new_channel = new_channel
         self._load_map = load_map
         self._load_version = load_version
+        self._close_links = close_links
         self._refresh_min_interval_s = refresh_min_interval_s
         self._version_check_s = version_check_s
         self._refresh_task: asyncio.Task[None] | None = None
@@ -413,3 +415,5 @@ class ShardRouter:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
         await asyncio.gather(*(channel.close() for channel in self.channels.values()))
+        if self._close_links is not None:
+            await self._close_links()  # the connections to the hosts' data ports
