@@ -1,11 +1,11 @@
-"""The shard host's data port: the gateway's calls over a plain socket, not through Ray.
+"""The shard host's data port: the gateway's calls over a plain socket, not through Ray (ADR 009).
 
 Ray places the shard hosts, restarts them and carries their control calls (adopt, release,
 stats, end-of-day sync). Partner commands take this port instead: a Ray call to an async
-actor cost 0.57 ms of the host's CPU and 0.47 ms of the caller's, whatever it carried (a
-gRPC thread, the worker's main thread and the actor's event loop hand each call on to one
-another), against 0.026 ms on each side for a frame over a socket into the host's own event
-loop (docs/performance.md, loadtests/bench_host_transport.py). A single repayment's call
+actor cost 0.54-0.57 ms of the host's CPU and 0.44-0.55 ms of the caller's, whatever it
+carried (a gRPC thread, the worker's main thread and the actor's event loop hand each call on
+to one another), against 0.01-0.03 ms on each side for a frame over a socket into the host's
+own event loop (`python -m loadtests.bench_host_transport`). A single repayment's call
 carries about 15 commands, so Ray cost every repayment some 0.07 ms.
 
 What a call means does not change: a payload of envelopes in, the replies out, exactly as
