@@ -418,7 +418,7 @@ def _validate_timeouts(settings: Settings) -> None:
     if not 0 < gateway.retry_deadline_s < gateway.request_timeout_s:
         raise ConfigError("gateway.retry_deadline_s must be in (0, request_timeout_s)")
     if not 0 <= gateway.call_fill_ms <= 100:
-        raise ConfigError("gateway.call_fill_ms must be in 0..100 (milliseconds a Ray call "
+        raise ConfigError("gateway.call_fill_ms must be in 0..100 (milliseconds a call "
                           "may wait for the host's call in flight; every request waits it)")
     if gateway.host_transport not in HOST_TRANSPORTS:
         raise ConfigError(f"gateway.host_transport must be one of {list(HOST_TRANSPORTS)}")

@@ -1,8 +1,8 @@
 """Routing and micro-batching from the gateway to the shard hosts.
 
 Every command goes to its logical shard's host through a per-host channel. A channel sends
-whatever has accumulated as ONE Ray call (at most `items_max` items, at most
-`in_flight_max` calls at once), so batches grow by themselves under load while a lone
+whatever has accumulated as ONE call (at most `items_max` items, at most `in_flight_max`
+calls at once), so batches grow by themselves under load while a lone
 request still leaves at once. Ambiguous failures (the actor died mid-call, or a shard
 answered `shard_unavailable`) are retried with the same command until a deadline: writes
 carry idempotency keys that the shard checks inside its commit, so a retry never doubles.
@@ -40,10 +40,12 @@ from lending.commands import (
 log = logging.getLogger("lendcore.router")
 
 RAY_CALL_ITEMS = Histogram(
-    "lendcore_gateway_ray_call_items", "Commands carried by one Ray call",
+    "lendcore_gateway_ray_call_items", "Commands carried by one call to a shard host",
     buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000),
 )
-RAY_CALL_SECONDS = Histogram("lendcore_gateway_ray_call_seconds", "Ray call round trip")
+# (named when every call was a Ray call; now over the data port unless host_transport = "ray")
+RAY_CALL_SECONDS = Histogram("lendcore_gateway_ray_call_seconds",
+                             "Call to a shard host, round trip")
 RETRIES = Counter("lendcore_gateway_retries_total", "Commands re-sent after an ambiguous failure")
 
 MAP_REFRESHES = Counter("lendcore_gateway_shard_map_refreshes_total",
@@ -153,7 +155,7 @@ class HostChannel:
     async def _fill(self) -> None:
         """Another call to this host is running: let the queue fill until one ends, or for
         at most `fill_s`. The next call then carries what arrived meanwhile instead of the
-        one or two commands of the moment. A Ray call costs the gateway and the host a fixed
+        one or two commands of the moment. A call costs the gateway and the host a fixed
         amount whatever it carries, and its commands share their shards' group commit, so
         bigger calls are cheaper per command (docs/performance.md). The bound keeps a slow
         call (a shard reloading) from holding back the host's other shards for long."""
