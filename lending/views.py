@@ -12,7 +12,7 @@ import msgspec
 
 from lending import ledger
 from lending.funding import Funding
-from lending.loans import Allocation, Installment, Loan, PayoffQuote
+from lending.loans import INST_PAID, Allocation, Loan, PayoffQuote
 
 
 class Components(msgspec.Struct, frozen=True):
@@ -170,21 +170,38 @@ def partner_limit(credit_limit: int, used: int, used_by_partner: int) -> tuple[i
     return min(credit_limit, used_by_partner + available), available
 
 
-def _schedule_item(inst: Installment) -> ScheduleItemView:
-    return ScheduleItemView(
-        period=inst.period,
-        due_date=inst.due_date,
-        principal=inst.principal,
-        interest=inst.interest,
-        fee=inst.fee,
-        total=inst.principal + inst.interest + inst.fee,
-        status=inst.status,
-        paid=Components(inst.paid_principal, inst.paid_interest, inst.paid_penalty, inst.paid_fee),
-        penalty=inst.penalty,
-    )
-
-
 def loan_view(loan: Loan) -> LoanView:
+    # One pass over the installments for the schedule, the outstanding amounts and the
+    # periods left: every repayment's reply renders this view, and walking the list once
+    # instead of five times (Loan.outstanding_* each walk it) halves what the view costs.
+    schedule: list[ScheduleItemView] = []
+    principal = interest = penalty = fee = remaining_periods = 0
+    for inst in loan.installments:
+        paid_principal, paid_interest = inst.paid_principal, inst.paid_interest
+        paid_penalty, paid_fee = inst.paid_penalty, inst.paid_fee
+        principal += inst.principal - paid_principal
+        penalty += inst.penalty - paid_penalty
+        # Recognised and unpaid only, as Loan.outstanding_interest and outstanding_fee
+        # (an `if`, not max(): this loop runs for every period of every reply).
+        recognised_unpaid = inst.interest_recognized - paid_interest
+        if recognised_unpaid > 0:
+            interest += recognised_unpaid
+        recognised_unpaid = inst.fee_recognized - paid_fee
+        if recognised_unpaid > 0:
+            fee += recognised_unpaid
+        if inst.status != INST_PAID:
+            remaining_periods += 1
+        schedule.append(ScheduleItemView(
+            period=inst.period,
+            due_date=inst.due_date,
+            principal=inst.principal,
+            interest=inst.interest,
+            fee=inst.fee,
+            total=inst.principal + inst.interest + inst.fee,
+            status=inst.status,
+            paid=Components(paid_principal, paid_interest, paid_penalty, paid_fee),
+            penalty=inst.penalty,
+        ))
     return LoanView(
         loan_id=loan.loan_id,
         application_id=loan.application_id,
@@ -197,21 +214,16 @@ def loan_view(loan: Loan) -> LoanView:
         term=loan.term,
         repayment_method=loan.repayment_method,
         disbursed_on=loan.disbursed_on,
-        outstanding=Components(
-            principal=loan.outstanding_principal(),
-            interest=loan.outstanding_interest(),
-            penalty=loan.outstanding_penalty(),
-            fee=loan.outstanding_fee(),
-        ),
+        outstanding=Components(principal, interest, penalty, fee),
         dpd=loan.dpd,
         bucket=loan.bucket,
         classification=loan.classification,
-        schedule=[_schedule_item(i) for i in loan.installments],
+        schedule=schedule,
         product_version=loan.product_version,
         payee=loan.payee,
         non_accrual=loan.non_accrual,
         written_off_on=loan.written_off_on,
-        remaining_periods=sum(1 for i in loan.installments if i.status != "paid"),
+        remaining_periods=remaining_periods,
         funding=None if loan.funding is None else funding_view(loan.funding),
     )
 
