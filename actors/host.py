@@ -27,7 +27,7 @@ from actors.core import COMMIT_S_BOUNDS, LOST, MOVED, ShardCore, moved, unavaila
 from actors.heap import release_free_memory
 from lending.chart import load_chart
 from lending.collections import CollectionsPolicy
-from lending.commands import BATCH_DECODER, BATCH_ENCODER, Reply
+from lending.commands import BATCH_DECODER, BATCH_ENCODER, Command, Reply, error_reply
 from lending.daily import ServicingPolicy
 from lending.decision import RiskPolicy
 from lending.products import ProductCatalog, load_catalog
@@ -39,6 +39,9 @@ from storage.group_commit import GroupCommitter
 from storage.shard_store import ShardStore
 
 log = logging.getLogger("lendcore.host")
+
+# A placeholder in a call's list of replies, every slot of which is filled before it is sent.
+_NO_REPLY = error_reply(500, "internal_error", "no reply")
 
 
 class HostConfig(msgspec.Struct, frozen=True):
@@ -287,16 +290,28 @@ class ShardHostCore:
         except Exception as exc:  # noqa: BLE001 - whatever stops the start: answer, retry later
             reason = f"shard host {self.config.host_id} cannot start: {exc}"
             return BATCH_ENCODER.encode([unavailable(reason)] * len(envelopes))
-        futures: list[asyncio.Future[Reply]] = []
-        for envelope in envelopes:
-            core = self.shards.get(envelope.shard_id)
+        # One submission per shard of the call (its commands in their order), not one per
+        # command: the replies are put back in the call's order.
+        by_shard: dict[int, tuple[list[int], list[Command]]] = {}
+        for index, envelope in enumerate(envelopes):
+            part = by_shard.get(envelope.shard_id)
+            if part is None:
+                part = by_shard[envelope.shard_id] = ([], [])
+            part[0].append(index)
+            part[1].append(envelope.command)
+        replies: list[Reply] = [_NO_REPLY] * len(envelopes)
+        submitted: list[tuple[list[int], asyncio.Future[list[Reply]]]] = []
+        for shard_id, (indexes, commands) in by_shard.items():
+            core = self.shards.get(shard_id)
             if core is None:
-                future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
-                future.set_result(moved(f"shard {envelope.shard_id} is not on this host"))
-                futures.append(future)
+                elsewhere = moved(f"shard {shard_id} is not on this host")
+                for index in indexes:
+                    replies[index] = elsewhere
             else:
-                futures.append(core.submit(envelope.command))
-        replies = await asyncio.gather(*futures)
+                submitted.append((indexes, core.submit_many(commands)))
+        for indexes, future in submitted:
+            for index, reply in zip(indexes, await future, strict=True):
+                replies[index] = reply
         return BATCH_ENCODER.encode(replies)
 
     def stats(self) -> dict[str, Any]:

@@ -132,3 +132,32 @@ async def test_after_postgres_dropped_every_connection_the_next_group_commits(
     assert [r.status for r in replies] == [201] * SHARDS, [r.body for r in replies]
     assert [c.status for c in host.cores] == [SERVING] * SHARDS
     assert {"E-0", "F-0", "F-1", "F-2"} <= await host.stored_refs()
+
+
+@pytest.mark.asyncio
+async def test_a_submission_of_many_commands_is_answered_in_its_order(host: Host) -> None:
+    # 25 commands for one shard (batches of at most 10), one of them a repeat of an earlier
+    # one of the same submission (same key): each reply lands in its command's place.
+    refs = [f"G-{i}" for i in range(25)]
+    refs[17] = "G-3"
+    replies = await asyncio.wait_for(
+        host.cores[0].submit_many([application_command(ref) for ref in refs]), 30)
+    assert [r.status for r in replies] == [201] * 25
+    shown = [msgspec.json.decode(r.body)["partner_application_id"] for r in replies]
+    assert shown == refs
+    assert [i for i, r in enumerate(replies) if r.replayed] == [17]
+    assert replies[17].body == replies[3].body
+    assert await asyncio.wait_for(host.cores[0].submit_many([]), 1) == []
+
+
+@pytest.mark.asyncio
+async def test_the_commands_that_find_the_inbox_full_are_answered_shard_busy(
+    host: Host,
+) -> None:
+    core = host.cores[2]  # inbox_max 100
+    replies = await asyncio.wait_for(
+        core.submit_many([application_command(f"H-{i}") for i in range(130)]), 60)
+    assert [r.status for r in replies[:100]] == [201] * 100
+    assert {(r.status, r.code) for r in replies[100:]} == {(503, "shard_busy")}
+    assert await host.stored_refs() >= {f"H-{i}" for i in range(100)}
+    assert not await host.stored_refs() & {f"H-{i}" for i in range(100, 130)}
