@@ -38,7 +38,13 @@ from gateway.pii import PiiVault
 from gateway.router import Overloaded, ShardRouter
 from lending.commands import QuoteWithholding, Repay, Reply
 from lending.events import SOURCE_WITHHOLDING
-from lending.shard_state import REQUEST_SMS, REQUEST_WITHHOLDING, Customer, WithholdingQuote
+from lending.shard_state import (
+    REF_REPAYMENT,
+    REQUEST_SMS,
+    REQUEST_WITHHOLDING,
+    Customer,
+    WithholdingQuote,
+)
 from storage import cluster_store
 
 log = logging.getLogger("lendcore.outbox")
@@ -209,9 +215,10 @@ class Outbox:
         shard, loan_id, partner = row["shard_id"], row["loan_id"], row["partner_id"]
         if row["attempts"] > 0:
             # An earlier attempt may have been applied with its reply lost: Postgres knows.
+            # The repayment's reference (partner_refs, written in its commit) names it.
             done = await self.pool.fetchval(
-                "SELECT repayment_id FROM repayments WHERE shard_id = $1 AND partner_id = $2 "
-                "AND external_ref = $3", shard, partner, row["request_id"])
+                "SELECT object_id FROM partner_refs WHERE partner_id = $1 AND kind = $2 "
+                "AND ref = $3", partner, REF_REPAYMENT, row["request_id"])
             if done is not None:
                 return Outcome(SUCCEEDED, "debited", done)
         reply = await self.router.call(shard, QuoteWithholding(partner, loan_id, row["send_on"]))

@@ -2,8 +2,9 @@
 
 Reads the durable rows (Postgres is the truth), never the shard's memory, so a report never
 queues behind partner traffic. Every query is bounded by the loan's own rows: the loan by
-its primary key, its journal lines through `journal_lines_loan (shard_id, loan_id)`, its
-repayments by primary key from the ids its repayment entries name (`cause`).
+its primary key, its journal lines as a range of journal_lines' primary key (shard_id,
+loan_id, entry_id, line_no), its repayments by primary key from the ids its repayment
+entries name (`cause`).
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ Building date D, once no journal line dated D can commit any more:
 
 Every read is bounded by the day's movement: the partial index holds only non-own lines,
 a loan's opening is one primary-key probe, a loan's first opening reads that loan's lines
-(journal_lines_loan).
+(a range of the journal's primary key, which leads with shard and loan).
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ JOIN LATERAL (
 """
 
 # A loan's first row in a book: its lines before the date (none for a new loan; a loan a
-# guarantor takes over has its guarantee-fee lines), through journal_lines_loan.
+# guarantor takes over has its guarantee-fee lines), a range of the journal's primary key.
 _FIRST_OPENING = """
 SELECT book, loan_id, account, (sum(debit) - sum(credit))::int8 AS net
 FROM journal_lines

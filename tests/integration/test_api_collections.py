@@ -29,6 +29,8 @@ from factories import (
     trial_balance,
 )
 
+from cluster.outbox import PaymentChannel
+
 D0 = date.fromisoformat(BUSINESS_DATE)  # loans booked on D0 are first due 2026-12-28
 FIRST_DUE = date(2026, 12, 28)
 COLLECTOR = ops_auth("dev-collector1-token-change-me")
@@ -217,6 +219,40 @@ def test_withholding_collects_the_installment_once(debiting: RunningSystem) -> N
     assert ops.cases(status="open") == [] and ops.cases(status="closed") == []
     assert get_loan(client, loan["loan_id"])["dpd"] == 0
     assert reconciliation(ops.client)["reconciled"]
+
+
+class _RecordingPayments(PaymentChannel):
+    def __init__(self) -> None:
+        self.debits: list[str] = []
+
+    async def debit(self, request_id: str, customer_id: str, amount: int) -> str:
+        self.debits.append(request_id)
+        return "debited"
+
+
+def test_a_withholding_whose_outcome_was_lost_is_not_debited_again(
+    debiting: RunningSystem,
+) -> None:
+    ops, client = Ops(debiting), debiting.client()
+    loan = new_loan(client, amount=500_000, product="CASH_EI_12", term=3)
+    ops.close_until(FIRST_DUE - timedelta(days=1))
+    (request,) = ops.requests(kind="withholding")
+    assert request["status"] == "succeeded"
+    # As if the drain had stopped after the shard applied the repayment and before it
+    # recorded the outcome: the request is pending again, with an attempt behind it.
+    debiting.run(debiting.pg().execute(
+        "UPDATE connector_requests SET status = 'pending', outcome = NULL, "
+        "repayment_id = NULL, attempts = 1 WHERE request_id = $1", request["request_id"]))
+    payments = _RecordingPayments()
+    assert debiting.system.outbox is not None
+    debiting.system.outbox.payments = payments
+    assert ops.post("/ops/outbox/drain", None).status_code == 200
+    (again,) = ops.requests(kind="withholding")
+    assert (again["status"], again["outcome"], again["repayment_id"]) == (
+        "succeeded", "debited", request["repayment_id"])
+    assert payments.debits == [], "the repayment it found was not debited a second time"
+    assert len(debiting.run(_repayments(debiting, request["request_id"]))) == 1
+    assert get_loan(client, loan["loan_id"])["schedule"][0]["status"] == "paid"
 
 
 async def _repayments(system: RunningSystem, external_ref: str) -> list[tuple[str, int]]:
