@@ -170,6 +170,10 @@ def partner_limit(credit_limit: int, used: int, used_by_partner: int) -> tuple[i
     return min(credit_limit, used_by_partner + available), available
 
 
+# What most periods of a schedule show as paid: one shared (frozen) object, not one each.
+_NOTHING_PAID = Components(0, 0, 0, 0)
+
+
 def loan_view(loan: Loan) -> LoanView:
     # One pass over the installments for the schedule, the outstanding amounts and the
     # periods left: every repayment's reply renders this view, and walking the list once
@@ -199,7 +203,9 @@ def loan_view(loan: Loan) -> LoanView:
             fee=inst.fee,
             total=inst.principal + inst.interest + inst.fee,
             status=inst.status,
-            paid=Components(paid_principal, paid_interest, paid_penalty, paid_fee),
+            paid=(Components(paid_principal, paid_interest, paid_penalty, paid_fee)
+                  if paid_principal or paid_interest or paid_penalty or paid_fee
+                  else _NOTHING_PAID),
             penalty=inst.penalty,
         ))
     return LoanView(

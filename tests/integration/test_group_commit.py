@@ -19,7 +19,7 @@ from actors.core import LOST, SERVING, ShardCore
 from cluster.config import load_settings
 from cluster.system import risk_policy
 from lending.chart import load_chart
-from lending.commands import Reply
+from lending.commands import Repay, Reply, SeedLoans
 from lending.products import load_catalog
 from lending.riskbook import load_risk_book
 from lending.shard_state import ApplyContext
@@ -37,9 +37,9 @@ class Host:
     """SHARDS shard cores of one owner sharing one store and one group committer, as a
     shard host has them."""
 
-    def __init__(self, pool: asyncpg.Pool, context: ApplyContext) -> None:
+    def __init__(self, pool: asyncpg.Pool, context: ApplyContext, copy_entries_min: int) -> None:
         self.pool = pool
-        store = ShardStore(pool, "host", CODES)
+        store = ShardStore(pool, "host", CODES, copy_entries_min=copy_entries_min)
         self.committer = GroupCommitter(store, in_flight_max=1)
         self.cores = [ShardCore(s, store, self.committer, lambda: context, 100, 10)
                       for s in range(SHARDS)]
@@ -56,8 +56,10 @@ class Host:
         return {r[0] for r in rows}
 
 
-@pytest_asyncio.fixture
-async def host(empty_database: str) -> AsyncIterator[Host]:
+# Every test both ways: the group's journal lines in its statement, and by COPY after it in
+# the same transaction (a group of big batches, storage/shard_store.py ShardStore._write).
+@pytest_asyncio.fixture(params=[10_000, 0], ids=["statement", "copy"])
+async def host(empty_database: str, request: pytest.FixtureRequest) -> AsyncIterator[Host]:
     settings = load_settings(environ={})
     pool = await asyncpg.create_pool(empty_database, min_size=1, max_size=6)
     async with pool.acquire() as conn:
@@ -65,7 +67,7 @@ async def host(empty_database: str) -> AsyncIterator[Host]:
         await cluster_store.initialise(conn, SHARDS, BUSINESS_DATE)
     context = ApplyContext(BUSINESS_DATE, load_catalog(Path("config/products")),
                            risk_policy(settings), risk=load_risk_book(Path("config/risk")))
-    running = Host(pool, context)
+    running = Host(pool, context, request.param)
     for core in running.cores:
         await core.activate()
     try:
@@ -161,3 +163,45 @@ async def test_the_commands_that_find_the_inbox_full_are_answered_shard_busy(
     assert {(r.status, r.code) for r in replies[100:]} == {(503, "shard_busy")}
     assert await host.stored_refs() >= {f"H-{i}" for i in range(100)}
     assert not await host.stored_refs() & {f"H-{i}" for i in range(100, 130)}
+
+
+async def _seeded_loan(core: ShardCore) -> str:
+    reply = await asyncio.wait_for(core.submit(SeedLoans(1, core.shard_id, BUSINESS_DATE)), 30)
+    assert reply.status == 200, reply.body
+    assert core.state is not None
+    return next(iter(core.state.loans))
+
+
+@pytest.mark.asyncio
+async def test_a_group_of_repayments_writes_each_shards_journal_lines(host: Host) -> None:
+    loans = [await _seeded_loan(core) for core in host.cores]
+    groups_before = host.committer.stats["groups"]
+    thief = ShardStore(host.pool, "thief", CODES)
+    await thief.acquire_lease(1)  # shard 1's batch is refused; the others' lines are written
+    futures = [core.submit(Repay("demo", f"key-J-{n}", f"hash-J-{n}", loan, 100, f"J-{n}",
+                                 "regular"))
+               for n, (core, loan) in enumerate(zip(host.cores, loans, strict=True))]
+    replies = await asyncio.wait_for(asyncio.gather(*futures), 30)
+    assert [r.status for r in replies] == [201, 503, 201]
+    assert host.committer.stats["groups"] == groups_before + 1
+    assert host.committer.stats["split_groups"] == 1
+    causes = {msgspec.json.decode(r.body)["repayment_id"] for r in (replies[0], replies[2])}
+    lines = await host.pool.fetch(
+        "SELECT shard_id, loan_id, cause, debit, credit FROM journal_lines "
+        "WHERE kind = 'repayment' ORDER BY shard_id, line_no")
+    assert {row["cause"] for row in lines} == causes
+    assert {(row["shard_id"], row["loan_id"]) for row in lines} == {(0, loans[0]), (2, loans[2])}
+    assert sum(row["debit"] for row in lines) == sum(row["credit"] for row in lines) == 200
+
+
+@pytest.mark.asyncio
+async def test_a_key_used_in_an_earlier_commit_replays_its_stored_reply(host: Host) -> None:
+    first = await host.submit_to_each(["K-0", "K-1", "K-2"])
+    # The same three commands again (same keys): each shard's optimistic commit meets its
+    # stored response in the idempotency index, so the shard prefetches and replays it.
+    again = await host.submit_to_each(["K-0", "K-1", "K-2"])
+    assert [r.status for r in again] == [201] * SHARDS
+    assert all(r.replayed for r in again)
+    assert [r.body for r in again] == [r.body for r in first]
+    assert [c.stats["prefetched_batches"] for c in host.cores] == [1, 1, 1]
+    assert await host.stored_refs() == {"K-0", "K-1", "K-2"}
