@@ -497,14 +497,20 @@ def _pay_in_full(inst: Installment, got: _Collected) -> None:
 
 def _refresh_status(loan: Loan, as_of: date) -> None:
     """After a payment: installments paid, loan paid off or current, DPD and bucket."""
+    # One pass (every repayment runs this): what is left open, and whether any of it is
+    # overdue, after marking what the payment settled.
+    open_left = overdue_left = False
     for index, inst in enumerate(loan.installments):
-        if inst.status != INST_PAID and inst.unpaid_total() == 0:
+        if inst.status == INST_PAID:
+            continue
+        if inst.unpaid_total() == 0:
             _own(loan, index).status = INST_PAID
-    if all(i.status == INST_PAID for i in loan.installments):
+        else:
+            open_left = True
+            overdue_left = overdue_left or inst.status == INST_OVERDUE
+    if not open_left:
         loan.status = LOAN_PAID_OFF
-    elif loan.status == LOAN_OVERDUE and not any(
-        i.status == INST_OVERDUE for i in loan.installments
-    ):
+    elif loan.status == LOAN_OVERDUE and not overdue_left:
         loan.status = LOAN_ACTIVE
     loan.dpd = days_past_due(loan, as_of)
     loan.bucket = bucket_of(loan.dpd)
