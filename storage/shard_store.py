@@ -469,15 +469,16 @@ def _add_shard(params: _Params, part: ShardCommit, codes: dict[str, str]) -> Non
 
 # The writes a big commit sends by COPY after its statement, in the same transaction
 # (ShardStore._write): the key of their rows in _Params.tables → table and columns, in the
-# order of those rows (an idempotency row gets its stored response appended).
+# order of those rows (an idempotency row gets its stored response appended). The two whose
+# unique index refuses a used key or reference go first: a refused commit stops sooner.
 _COPIED: dict[str, tuple[str, tuple[str, ...]]] = {
+    "idempotency": ("idempotency", (
+        "shard_id", "partner_id", "idem_key", "request_hash", "status", "body")),
+    "refs": ("partner_refs", ("shard_id", "partner_id", "kind", "ref", "object_id")),
     "repayments": ("repayments", (
         "shard_id", "repayment_id", "loan_id", "partner_id", "external_ref", "kind", "amount",
         "value_date", "penalty", "fee", "interest", "principal")),
     "lines": ("journal_lines", JOURNAL_COLUMNS),
-    "idempotency": ("idempotency", (
-        "shard_id", "partner_id", "idem_key", "request_hash", "status", "body")),
-    "refs": ("partner_refs", ("shard_id", "partner_id", "kind", "ref", "object_id")),
 }
 
 
@@ -574,8 +575,10 @@ class ShardStore:
         self.pool = pool
         self.owner = owner
         self.codes = codes  # account role → code of the chart of accounts
-        self.copy_entries_min = copy_entries_min  # a commit's lines go by COPY from there
-        self.alone_entries_min = alone_entries_min  # a batch is committed alone from there
+        # From this many journal entries a commit sends its big tables by COPY (_write),
+        # and a shard's batch is committed alone, not in a group (is_bulk).
+        self.copy_entries_min = copy_entries_min
+        self.alone_entries_min = alone_entries_min
 
     async def acquire_lease(self, shard_id: int) -> tuple[int, int]:
         """Take the shard: epoch + 1 (Postgres decides). Returns (epoch, next_seq)."""
