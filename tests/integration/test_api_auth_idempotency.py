@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 import uuid
@@ -24,6 +25,14 @@ DEMO_SECRET = b"demo-secret-change-me"
 
 
 # ---- helpers --------------------------------------------------------------------------------
+
+
+def _seconds_away(offset_s: int) -> int:
+    """A whole-second timestamp at least `offset_s` seconds from now, whatever the fraction of
+    the current second: int(time.time()) + 301 is only 300.01 s ahead at x.99 s, and the
+    server, a few ms later in the next second, rightly accepts it (|now - ts| <= 300)."""
+    now = time.time()
+    return math.ceil(now) + offset_s if offset_s > 0 else math.floor(now) + offset_s
 
 
 def outstanding_principal(client: PartnerClient, loan_id: str) -> int:
@@ -121,7 +130,7 @@ def test_timestamp_more_than_300_s_away_is_stale(
     demo: PartnerClient, module_loan: dict[str, Any], offset: int, code: str | None
 ) -> None:
     path = f"/v1/loans/{module_loan['loan_id']}"
-    headers = signed_headers("demo", DEMO_SECRET, "GET", path, b"", int(time.time()) + offset)
+    headers = signed_headers("demo", DEMO_SECRET, "GET", path, b"", _seconds_away(offset))
     response = send(demo, "GET", path, b"", headers)
     if code is None:
         assert response.status_code == 200, response.text
