@@ -18,10 +18,11 @@ tick by the ScriptBatcher), hence one round trip. Keys, with `{p}` = `redis.key_
   {p}bl:synced                  STRING, set when the three sets were rebuilt from Postgres
 
 For each ZSET the script drops what left the window (score < now − window: an event exactly
-one window old still counts), counts what is left minus the current member if it is already
-there, then adds the current member at `now`, trims the set to its newest
-`max_events_per_key` and sets the key's TTL to the window. So every count is of EARLIER
-events (or OTHER identities / partners) and saturates at `max_events_per_key`.
+one window old still counts), adds the current member at `now` (or moves it there), counts
+the set minus that one member, trims the set to its newest `max_events_per_key` and sets
+the key's TTL to the window. So every count is of EARLIER events (or OTHER identities /
+partners) and saturates at `max_events_per_key`. Four commands per set: counting before the
+add, and asking whether the member was there, would be two more for the same number.
 
 Blacklists: Postgres (`blacklist`) is the truth, the Redis sets are a copy. `Blacklist`
 writes Postgres and its audit row in one transaction, then updates the set; `rebuild`
@@ -72,17 +73,15 @@ local now = tonumber(ARGV[1])
 local max_n = tonumber(ARGV[13])
 local function tick(key, member, window)
   redis.call('ZREMRANGEBYSCORE', key, '-inf', '(' .. string.format('%.0f', now - window))
-  local n = redis.call('ZCARD', key)
-  if redis.call('ZSCORE', key, member) then
-    n = n - 1
-  end
   redis.call('ZADD', key, string.format('%.0f', now), member)
+  -- The current member is in the set exactly once now, whether it was before or not:
+  -- the others, the earlier events, are all but one.
   local size = redis.call('ZCARD', key)
   if size > max_n then
     redis.call('ZREMRANGEBYRANK', key, 0, size - max_n - 1)
   end
   redis.call('PEXPIRE', key, string.format('%.0f', window))
-  return n
+  return size - 1
 end
 local members = {ARGV[2], ARGV[2], ARGV[2], ARGV[2], ARGV[3], ARGV[6]}
 local result = {}
