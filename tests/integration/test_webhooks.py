@@ -314,8 +314,14 @@ def test_every_event_type_is_delivered_signed_and_in_order_per_loan(
     assert not any(word in r.body.decode() for r in requests
                    for word in ("name_masked", "id_number", "phone", "id_hash"))
 
-    # what operators see: delivered, one attempt each, nothing pending of these loans
-    listed = {e["event_id"]: e for e in stored(ops, partner_id="demo")}
+    # what operators see: delivered, one attempt each, nothing pending of these loans. The
+    # sender records a delivery once the receiver's 200 is back, a moment after the receiver
+    # has the request: wait for that, not for the receiver.
+    def all_delivered() -> dict[str, dict[str, Any]] | None:
+        listed = {e["event_id"]: e for e in stored(ops, partner_id="demo")}
+        return listed if all(listed[e]["status"] == "delivered" for e in mine) else None
+
+    listed = wait_until(all_delivered, "every event recorded as delivered")
     for event_id in mine:
         assert listed[event_id]["status"] == "delivered", listed[event_id]
         assert listed[event_id]["last_status"] == 200
