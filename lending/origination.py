@@ -386,9 +386,9 @@ def decide(
     available = max(0, limit - customer.outstanding_principal)
     if tier is not None:
         run.rate, run.limit, run.available = rate, limit, available
-    context.add_variable("score", scored.score)
-    context.add_variable("offer", offer_facts(tier, rate, limit, available))
-    result = book.decision.evaluate(context)
+    offer = offer_facts(tier, rate, limit, available)
+    result = book.decision.evaluate(book.context({**facts, "score": scored.score,
+                                                  "offer": offer}))
     run.add_rules(DECISION, result, len(book.decision.rules))
     if result.outcome == DECLINE:
         return run.declined(DECISION)

@@ -1,9 +1,14 @@
 """Rule sets (规则集): CEL rules that risk staff edit in `config/risk/*.toml`.
 
-The rules engine is CEL (Common Expression Language, the `common-expression-language`
-package): each rule's `when` is compiled ONCE when the file is loaded and evaluated per
-application against a facts mapping (`lending.origination.build_facts`). Nothing here parses
-or evaluates expressions by hand, and Python's eval is never used.
+The rules engine is CEL (Common Expression Language), Google's C++ implementation through
+`cel-expr-python` (ADR 010): each rule's `when` is compiled ONCE when the file is loaded and
+evaluated per application against a facts mapping (`lending.origination.build_facts`).
+Nothing here parses or evaluates expressions by hand, and Python's eval is never used.
+
+A set is evaluated as ONE CEL program, the list of its rules' `when`s: one call instead of
+one per rule (`python -m loadtests.bench_rules`). A rule that fails makes that whole list
+fail; the set is then evaluated rule by rule, which says which one failed and how, exactly
+as if it had always been evaluated so.
 
 File format (one rule set per file)::
 
@@ -45,8 +50,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-import cel
 import msgspec
+from cel_expr_python import cel
 
 DECLINE = "decline"
 REVIEW = "review"
@@ -65,8 +70,13 @@ _TOML_POSITION = re.compile(r"at line (\d+)")
 # `str` - at `$.version`", "Object missing required field `when` - at `$.rules[2]`".
 _MSGSPEC_FIELD = re.compile(r"field `([^`]+)`")
 _MSGSPEC_PATH = re.compile(r"at `(\$[^`]*)`")
-# Variables bound by CEL comprehension macros, e.g. the `x` of `list.exists(x, x > 1)`.
-_MACRO_BINDER = re.compile(r"\.(?:all|exists|exists_one|map|filter)\(\s*([A-Za-z_]\w*)\s*,")
+# CEL's type checker names every variable an expression reads that its environment does not
+# declare: "undeclared reference to 'applicant.age' (in container '')". Variables that a
+# macro binds (the `x` of `list.exists(x, x > 1)`) are declared by the macro.
+_UNDECLARED = re.compile(r"undeclared reference to '([^']+)'")
+# Rules are compiled unchecked in an environment that declares nothing: facts are dynamic
+# maps, and a `when` is judged by what it does on them (the dry run), as CEL runs it.
+_ENV = cel.NewEnv()
 _ERROR_TEXT_MAX = 200
 T = TypeVar("T")
 
@@ -230,7 +240,9 @@ class Rule:
     description: str
     action: str
     reason: str
-    program: cel.Program
+    source: str  # the `when`
+    program: cel.Expression
+    roots: frozenset[str]  # the fact roots it reads
     line: int  # where `when` is, for messages
 
 
@@ -241,24 +253,28 @@ class RuleSet:
     hit_policy: str
     rules: tuple[Rule, ...]
     path: Path
+    whole: cel.Expression  # the list of every rule's `when`, in order (_whole_set)
 
     def variables(self) -> frozenset[str]:
         """The fact roots its rules read (static analysis of the compiled programs)."""
-        names: set[str] = set()
-        for rule in self.rules:
-            names.update(rule.program.variables())
-        return frozenset(names)
+        return frozenset().union(*(rule.roots for rule in self.rules))
 
-    def evaluate(self, facts: Mapping[str, Any] | cel.Context) -> SetResult:
+    def evaluate(self, facts: Mapping[str, Any] | cel.Activation) -> SetResult:
         """Fired rules in order and the most severe action. `facts` may be a prepared
-        cel.Context (cheaper when several sets read the same facts)."""
-        context = facts if isinstance(facts, cel.Context) else cel.Context(dict(facts))
+        activation (`activation()`, cheaper when several sets read the same facts)."""
+        bound = facts if isinstance(facts, cel.Activation) else activation(facts)
+        whole = self.whole.eval(bound)
+        results: Iterable[Any]
+        if whole.type() == cel.Type.ERROR:
+            results = (rule.program.eval(bound) for rule in self.rules)  # which one, and why
+        else:
+            results = whole.plain_value()
         hits: list[Hit] = []
         outcome = PASS
         evaluated = 0
-        for rule in self.rules:
+        for rule, result in zip(self.rules, results, strict=False):
             evaluated += 1
-            hit = _run(rule, context)
+            hit = _hit(rule, result)
             if hit is None:
                 continue
             hits.append(hit)
@@ -270,11 +286,19 @@ class RuleSet:
         return SetResult(self.name, self.version, outcome, hits, evaluated, stopped)
 
 
-def _run(rule: Rule, context: cel.Context) -> Hit | None:
-    try:
-        result = rule.program.execute(context)
-    except Exception as exc:  # noqa: BLE001 - any failure of one rule is a rule_error hit
-        return Hit(rule.id, REVIEW, RULE_ERROR, _error_text(exc))
+def activation(facts: Mapping[str, Any]) -> cel.Activation:
+    """The facts bound for evaluation. Values are turned into CEL values when a rule reads
+    them, not before."""
+    return _ENV.Activation(dict(facts))
+
+
+def _hit(rule: Rule, result: Any) -> Hit | None:
+    """What one rule's result means: a CEL value when the rule was evaluated alone, its
+    plain value when it came in the set's list (where no element is an error)."""
+    if isinstance(result, cel.Value):
+        if result.type() == cel.Type.ERROR:
+            return Hit(rule.id, REVIEW, RULE_ERROR, _error_text(str(result.plain_value())))
+        result = result.plain_value()
     if result is True:
         return Hit(rule.id, rule.action, rule.reason)
     if result is False:
@@ -282,9 +306,25 @@ def _run(rule: Rule, context: cel.Context) -> Hit | None:
     return Hit(rule.id, REVIEW, RULE_ERROR, f"`when` gave {type(result).__name__}, not a bool")
 
 
-def _error_text(exc: BaseException) -> str:
-    text = f"{type(exc).__name__}: {exc}"
+def _error_text(text: str) -> str:
     return text if len(text) <= _ERROR_TEXT_MAX else text[: _ERROR_TEXT_MAX - 1] + "…"
+
+
+def _whole_set(rules: Sequence[Rule]) -> cel.Expression:
+    """One program evaluating every rule of a set: the list of their `when`s. Each `when`
+    stands on lines of its own, so a `//` comment at its end cannot swallow what follows."""
+    return _ENV.compile("[" + ",".join(f"(\n{rule.source}\n)" for rule in rules) + "]",
+                        disable_check=True)
+
+
+def _roots(source: str) -> frozenset[str]:
+    """The fact roots a `when` reads: what CEL's checker finds undeclared in an environment
+    that declares nothing (`applicant.age` reads `applicant`)."""
+    try:
+        _ENV.compile(source)
+    except RuntimeError as exc:
+        return frozenset(name.split(".")[0] for name in _UNDECLARED.findall(str(exc)))
+    return frozenset()
 
 
 # ---- loading --------------------------------------------------------------------------------
@@ -322,7 +362,7 @@ def parse_rule_set(
         problems += [f"{path}:{lines.line(where)}: {message}"
                      for where, message in _set_problems(spec, specs, expected_name)]
     known = None if roots is None else frozenset(roots)
-    contexts = [cel.Context(dict(sample)) for sample in samples]
+    bound = [activation(sample) for sample in samples]
     rules: list[Rule] = []
     seen: set[str] = set()
     for index, rule in specs:
@@ -335,12 +375,15 @@ def parse_rule_set(
         if compiled is None:
             problems.append(f"{path}:{line}: rule {rule.id!r}: {message}")
             continue
-        for message in _fact_problems(compiled, rule.when, known, contexts):
+        reads = _roots(rule.when)
+        for message in _fact_problems(compiled, reads, known, bound):
             problems.append(f"{path}:{line}: rule {rule.id!r}: {message}")
-        rules.append(Rule(rule.id, rule.description, rule.action, rule.reason, compiled, line))
+        rules.append(Rule(rule.id, rule.description, rule.action, rule.reason, rule.when,
+                          compiled, reads, line))
     if problems or spec is None:
         raise RiskConfigError(problems)
-    return RuleSet(spec.name, spec.version, spec.hit_policy, tuple(rules), path)
+    return RuleSet(spec.name, spec.version, spec.hit_policy, tuple(rules), path,
+                   _whole_set(rules))
 
 
 def _decode_rule_set(
@@ -396,14 +439,15 @@ def _rule_problems(rule: RuleSpec, seen: set[str]) -> Iterable[tuple[str, str]]:
         yield "reason", f"reason {RULE_ERROR!r} is reserved for rules that fail to evaluate"
 
 
-def _compile(source: str, lines: TomlLines, where: str) -> tuple[cel.Program | None, str, int]:
+def _compile(source: str, lines: TomlLines, where: str,
+             ) -> tuple[cel.Expression | None, str, int]:
     """(program, "", line) or (None, message, line of the error inside the file)."""
     first = lines.first_line_of_string(where)
     if not source.strip():
         return None, "`when` must not be empty", lines.line(where)
     try:
-        return cel.compile(source), "", first
-    except ValueError as exc:
+        return _ENV.compile(source, disable_check=True), "", first
+    except RuntimeError as exc:
         text = str(exc)
         match = _CEL_POSITION.search(text)
         if match is None:
@@ -413,24 +457,23 @@ def _compile(source: str, lines: TomlLines, where: str) -> tuple[cel.Program | N
 
 
 def _fact_problems(
-    program: cel.Program,
-    source: str,
+    program: cel.Expression,
+    reads: frozenset[str],
     known: frozenset[str] | None,
-    samples: Sequence[cel.Context],
+    samples: Sequence[cel.Activation],
 ) -> Iterable[str]:
     if known is not None:
-        binders = set(_MACRO_BINDER.findall(source))
-        unknown = sorted(set(program.variables()) - known - binders)
+        unknown = sorted(reads - known)
         if unknown:
             yield (f"unknown fact {', '.join(unknown)} in `when` "
                    f"(known: {', '.join(sorted(known))})")
             return
     for sample in samples:
-        try:
-            result = program.execute(sample)
-        except Exception as exc:  # noqa: BLE001 - report whatever the dry run raised
-            yield f"`when` fails on sample facts: {_error_text(exc)}"
+        result = program.eval(sample)
+        if result.type() == cel.Type.ERROR:
+            yield f"`when` fails on sample facts: {_error_text(str(result.plain_value()))}"
             return
-        if not isinstance(result, bool):
-            yield f"`when` must be true or false, got {type(result).__name__}"
+        if not isinstance(result.plain_value(), bool):
+            yield (f"`when` must be true or false, "
+                   f"got {type(result.plain_value()).__name__}")
             return

@@ -1,26 +1,22 @@
 """Microbenchmark: what the rules engine costs per application in a shard host.
 
-Run: python -m loadtests.bench_rules [--rounds 7] [--applications 2000]
+Run: python -m loadtests.bench_rules [--rounds 7] [--applications 2000] [--compare-previous]
 
 A shard host decides every application (lending.origination.decide); the rules part of it
-is CEL (the `common-expression-language` package) over the facts of the application. Over
-the config/risk rule sets and the same sample facts `lendcore rules check` dry-runs them
-with (lending.origination.sample_facts), per application:
+is CEL (`cel-expr-python`, ADR 010) over the facts of the application. Over the config/risk
+rule sets and the sample facts `lendcore rules check` dry-runs them with
+(lending.origination.sample_facts), per application:
 
-* `context_us`: RiskBook.context, turning the facts the rules read into CEL values;
-* `rules_us`: everything decide() does with CEL for an approved application: the context,
-  the admission and anti-fraud sets, the score and the offer added, the decision set;
+* `rules_us`: everything decide() does with CEL for an approved application: the facts
+  bound, the admission and anti-fraud sets, the facts bound again with the score and the
+  offer, the decision set (each set one CEL program, the list of its rules);
 * `baseline_us` (measured in the same run, interleaved): msgspec's JSON encoding of the
   same facts, a walk in C over the same values.
 
-`context_ratio` = context / baseline. Each figure is the best of `--rounds` rounds; the last
-line is `rules_bench ok` followed by every figure.
-
-`--compare-cel-expr` also measures the same rules and facts on Google's CEL for Python
-(`cel-expr-python`, not a dependency of lendcore: `pip install cel-expr-python==0.1.3` into
-the venv first), for docs/adr/010: `cel_expr_per_rule_us`, one evaluation per rule as
-lendcore evaluates them; `cel_expr_per_set_us`, one evaluation per rule set of a CEL list
-of its rules. Both are the decision's whole CEL part, as `rules_us` is.
+`rules_ratio` = rules / baseline. `--compare-previous` also measures the same decision on
+the engine before ADR 010 (`common-expression-language`, a development dependency), rule by
+rule in one context as it ran: `previous_rules_us`. Each figure is the best of `--rounds`
+rounds; the last line is `rules_bench ok` followed by every figure.
 """
 
 from __future__ import annotations
@@ -41,12 +37,34 @@ DECISION_ONLY = ("score", "offer")  # known only after the scorecard and pricing
 
 
 def _rules(book: RiskBook, facts: dict[str, Any], later: dict[str, Any]) -> None:
+    """decide()'s CEL part for an application that passes every stage."""
     context = book.context(facts)
     book.admission.evaluate(context)
     book.anti_fraud.evaluate(context)
-    for name, value in later.items():
-        context.add_variable(name, value)
-    book.decision.evaluate(context)
+    book.decision.evaluate(book.context({**facts, **later}))
+
+
+def _previous_rules(book: RiskBook, facts: dict[str, Any], later: dict[str, Any],
+                    ) -> Callable[[], object]:
+    """The same on `common-expression-language`, as decide() ran it before ADR 010."""
+    try:
+        import cel
+    except ImportError as exc:
+        raise SystemExit("--compare-previous needs the development dependencies: "
+                         "pip install -e '.[dev]'") from exc
+    programs = [[cel.compile(rule.source) for rule in rule_set.rules]
+                for rule_set in book.rule_sets()]
+
+    def run() -> None:
+        context = cel.Context(facts)
+        for program in (*programs[0], *programs[1]):
+            program.execute(context)
+        for name, value in later.items():
+            context.add_variable(name, value)
+        for program in programs[2]:
+            program.execute(context)
+
+    return run
 
 
 def _per_call_us(action: Callable[[], object], count: int) -> float:
@@ -56,59 +74,23 @@ def _per_call_us(action: Callable[[], object], count: int) -> float:
     return (time.process_time() - started) / count * 1e6
 
 
-def _cel_expr_actions(book: RiskBook, facts: dict[str, Any], later: dict[str, Any],
-                      ) -> dict[str, Callable[[], object]]:
-    """The decision's CEL part on cel-expr-python: per rule, and per set as one list."""
-    try:
-        from cel_expr_python import cel
-    except ImportError as exc:
-        raise SystemExit("--compare-cel-expr needs cel-expr-python: "
-                         "pip install cel-expr-python==0.1.3") from exc
-    env = cel.NewEnv(variables={name: cel.Type.DYN for name in [*facts, *later]})
-    sets = book.rule_sets()
-    per_rule = [[env.compile(r.program.source, disable_check=True) for r in s.rules]
-                for s in sets]
-    per_set = [env.compile("[" + ", ".join(f"({r.program.source})" for r in s.rules) + "]",
-                           disable_check=True) for s in sets]
-    everything = {**facts, **later}
-
-    def rules_each() -> None:
-        first = env.Activation(facts)
-        for program in (*per_rule[0], *per_rule[1]):
-            program.eval(first).plain_value()
-        last = env.Activation(everything)
-        for program in per_rule[2]:
-            program.eval(last).plain_value()
-
-    def sets_whole() -> None:
-        first = env.Activation(facts)
-        per_set[0].eval(first).plain_value()
-        per_set[1].eval(first).plain_value()
-        per_set[2].eval(env.Activation(everything)).plain_value()
-
-    return {"cel_expr_per_rule_us": rules_each, "cel_expr_per_set_us": sets_whole}
-
-
 def measure(rounds: int, applications: int, compare: bool = False) -> dict[str, float]:
     book = load_risk_book(RISK_DIR)
     sample = sample_facts("decision")[0]
     facts = {k: v for k, v in sample.items() if k not in DECISION_ONLY}
     later = {k: sample[k] for k in DECISION_ONLY}
-    values = sum(len(v) if isinstance(v, dict) else 1 for v in facts.values())
-    best = {"context_us": float("inf"), "rules_us": float("inf"), "baseline_us": float("inf")}
     actions: dict[str, Callable[[], object]] = {
-        "context_us": lambda: book.context(facts),
         "rules_us": lambda: _rules(book, facts, later),
         "baseline_us": lambda: msgspec.json.encode(facts),
     }
     if compare:
-        actions.update(_cel_expr_actions(book, facts, later))
-        best.update({name: float("inf") for name in actions})
+        actions["previous_rules_us"] = _previous_rules(book, facts, later)
+    best = {name: float("inf") for name in actions}
     for _ in range(rounds):
         for name, action in actions.items():
             best[name] = min(best[name], _per_call_us(action, applications))
-    return {**best, "values": values,
-            "rules": sum(len(s.rules) for s in book.rule_sets())}
+    values = sum(len(v) if isinstance(v, dict) else 1 for v in facts.values())
+    return {**best, "values": values, "rules": sum(len(s.rules) for s in book.rule_sets())}
 
 
 def main() -> None:
@@ -116,17 +98,17 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=7, help="rounds (best counts)")
     parser.add_argument("--applications", type=int, default=2000,
                         help="applications per round")
-    parser.add_argument("--compare-cel-expr", action="store_true",
-                        help="also measure cel-expr-python (installed separately)")
+    parser.add_argument("--compare-previous", action="store_true",
+                        help="also measure the engine before ADR 010 (a dev dependency)")
     args = parser.parse_args()
     if args.rounds < 1 or args.applications < 1:
         parser.error("--rounds and --applications must be at least 1")
-    got = measure(args.rounds, args.applications, args.compare_cel_expr)
-    compared = "".join(f" {name}={got[name]:.1f}" for name in got if name.startswith("cel_expr"))
+    got = measure(args.rounds, args.applications, args.compare_previous)
+    previous = (f" previous_rules_us={got['previous_rules_us']:.1f}"
+                if "previous_rules_us" in got else "")
     print(f"rules_bench ok rules={got['rules']} fact_values={got['values']} "
-          f"context_us={got['context_us']:.1f} rules_us={got['rules_us']:.1f} "
-          f"baseline_us={got['baseline_us']:.2f} "
-          f"context_ratio={got['context_us'] / got['baseline_us']:.0f}{compared}", flush=True)
+          f"rules_us={got['rules_us']:.1f} baseline_us={got['baseline_us']:.2f} "
+          f"rules_ratio={got['rules_us'] / got['baseline_us']:.0f}{previous}", flush=True)
 
 
 if __name__ == "__main__":

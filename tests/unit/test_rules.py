@@ -14,6 +14,7 @@ from lending.rules import (
     RULE_ERROR,
     RiskConfigError,
     TomlLines,
+    activation,
     parse_rule_set,
 )
 
@@ -190,10 +191,10 @@ def test_first_decline_stops_at_the_first_decline() -> None:
 @pytest.mark.parametrize(
     ("when", "facts", "error"),
     [
-        ("s.score < 5", {"s": {}}, "KeyError"),                 # a missing field
-        ("nobody > 1", {}, "Undefined variable"),                # a missing fact
-        ("s.score < 5", {"s": {"score": "low"}}, "No such overload"),  # a wrong type
-        ("x / y > 1", {"x": 1, "y": 0}, "division by zero"),
+        ("s.score < 5", {"s": {}}, 'Key not found in map : "score"'),  # a missing field
+        ("nobody > 1", {}, 'No value with name "nobody"'),      # a missing fact
+        ("s.score < 5", {"s": {"score": "low"}}, "No matching overloads"),  # a wrong type
+        ("x / y > 1", {"x": 1, "y": 0}, "divide by zero"),
         ("x + 1", {"x": 1}, "not a bool"),                      # not a boolean
     ],
 )
@@ -217,9 +218,15 @@ def test_short_circuit_keeps_an_unavailable_source_from_erroring() -> None:
     assert rule_set.evaluate({"s": {"available": True, "score": 1}}).outcome == DECLINE
 
 
-def test_evaluation_takes_a_prepared_cel_context() -> None:
-    import cel
-
+def test_evaluation_takes_prepared_facts() -> None:
     text = rules_text(rule("a", "x > 1"))
-    context = cel.Context({"x": 2})
-    assert parse_rule_set(text, PATH).evaluate(context).outcome == DECLINE
+    assert parse_rule_set(text, PATH).evaluate(activation({"x": 2})).outcome == DECLINE
+
+
+def test_a_comment_at_the_end_of_a_when_does_not_hide_the_rules_after_it() -> None:
+    # A set is evaluated as one CEL list of its rules' `when`s: a `//` comment must end at
+    # its own rule.
+    text = rules_text(rule("a", "x > 1 // more than one", "review"), rule("b", "x > 2"))
+    result = parse_rule_set(text, PATH).evaluate({"x": 3})
+    assert [h.rule_id for h in result.hits] == ["a", "b"]
+    assert result.outcome == DECLINE
