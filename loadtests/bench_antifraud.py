@@ -36,9 +36,10 @@ _NOOP_LUA = "return 1"
 
 
 async def _evalsha_usec(client: redis.asyncio.Redis) -> tuple[int, int]:
-    """(calls, microseconds) of EVALSHA so far, as Redis counts them."""
-    stats = (await client.info("commandstats"))["cmdstat_evalsha"]
-    return int(stats["calls"]), int(stats["usec"])
+    """(calls, microseconds) of EVALSHA so far, as Redis counts them (nothing listed before
+    the first EVALSHA since the server started)."""
+    stats = (await client.info("commandstats")).get("cmdstat_evalsha")
+    return (0, 0) if stats is None else (int(stats["calls"]), int(stats["usec"]))
 
 
 async def _script_us(client: redis.asyncio.Redis, run: Callable[[int], Awaitable[object]],
@@ -47,7 +48,10 @@ async def _script_us(client: redis.asyncio.Redis, run: Callable[[int], Awaitable
     for i in range(count):
         await run(i)
     calls, usec = await _evalsha_usec(client)
-    return (usec - usec_before) / max(1, calls - calls_before)
+    if calls - calls_before < count:
+        raise RuntimeError(f"Redis counted {calls - calls_before} EVALSHA for {count} script "
+                           "calls: the scripts did not run as EVALSHA, the figure would be wrong")
+    return (usec - usec_before) / (calls - calls_before)
 
 
 async def _screens(af: AntiFraud, client: redis.asyncio.Redis, ids: list[str], count: int,
