@@ -1,6 +1,8 @@
 """`lendcore bench`: the spine's figures, each with its ratio to a baseline of the same run.
 
-1. baseline: a hello-world ASGI app on the same server stack, same load generator;
+1. baseline: a hello-world ASGI app on the same server stack, same load generator:
+   `baseline_rps`, and `baseline_cpu_ms`, its server's CPU ms per request (the HTTP stack's
+   own cost on this box, the floor under `cpu_ms_gateway`);
 2. `lendcore up` in a subprocess (fresh database, own Redis prefix, free ports) — the time
    to its `ready` line is `up_ready_s`;
 3. seed loans through the partner API (application + booking each);
@@ -102,7 +104,11 @@ def _wait_http_ok(url: str, timeout_s: float) -> None:
     raise RuntimeError(f"{url} did not answer 200 within {timeout_s} s")
 
 
-def measure_baseline(duration_s: float, connections: int = CONNECTIONS) -> LoadResult:
+def measure_baseline(
+    duration_s: float, connections: int = CONNECTIONS
+) -> tuple[LoadResult, float]:
+    """The hello-world app under load, and its server's CPU ms per request: what the HTTP
+    stack alone costs on this box in this run, the floor under `cpu_ms_gateway`."""
     port = _free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "uvicorn", "loadtests.hello:app", "--port", str(port),
@@ -113,9 +119,13 @@ def measure_baseline(duration_s: float, connections: int = CONNECTIONS) -> LoadR
     try:
         _wait_http_ok(f"http://127.0.0.1:{port}/", 30)
         request = build_request("GET", "/", f"127.0.0.1:{port}", {}, b"")
-        return uvloop.run(run_load(
+        process = psutil.Process(server.pid)
+        cpu_before = sum(process.cpu_times()[:2])  # user + system
+        result = uvloop.run(run_load(
             "127.0.0.1", port, lambda: request, connections=connections, duration_s=duration_s
         ))
+        server_cpu_s = sum(process.cpu_times()[:2]) - cpu_before
+        return result, server_cpu_s * 1000 / max(1, result.requests)
     finally:
         server.terminate()
         server.wait(10)
@@ -614,8 +624,8 @@ def run_bench(
     BENCH_PRODUCT[0] = product
     loans_wanted = loans or (400 if quick else 20000)
     duration_s = duration or (3.0 if quick else 15.0)
-    baseline = measure_baseline(duration_s, connections)
-    print(f"baseline_rps={baseline.rps:.0f}", flush=True)
+    baseline, baseline_cpu_ms = measure_baseline(duration_s, connections)
+    print(f"baseline_rps={baseline.rps:.0f} baseline_cpu_ms={baseline_cpu_ms:.3f}", flush=True)
     with ExitStack() as stack:
         # Entered first, so removed last: embedded services must stop before their files go
         # (a Redis whose directory vanished cannot save, and then refuses to shut down).
@@ -632,11 +642,12 @@ def run_bench(
     figures.update({
         "repay_ratio": figures["repay_rps"] / baseline.rps,
         "baseline_rps": baseline.rps,
+        "baseline_cpu_ms": baseline_cpu_ms,
         "up_ready_s": ready_s,
     })
     order = ["repay_rps", "repay_ratio", "batch_rps", "p50_ms", "p99_ms", "p99_at_2000_ms",
              "paced_rps", "app_rps", "app_p99_ms", "app_not_approved", "baseline_rps",
-             "up_ready_s", "loans", "seed_s", "errors", "commands_per_ray_call",
+             "baseline_cpu_ms", "up_ready_s", "loans", "seed_s", "errors", "commands_per_ray_call",
              "commands_per_commit", "wal_bytes_per_repay", "rows_per_repay",
              *(f"cpu_ms_{role}" for role in CPU_ROLES),
              *(f"batch_cpu_ms_{role}" for role in CPU_ROLES),
