@@ -14,7 +14,9 @@ shard in turn), one call at a time:
 
 * `call15`: calls of 15 repayments, the size of a single-request repayment call under the
   bench's 64 clients (`commands_per_ray_call`);
-* `call1000`: calls of 1,000 repayments, a batch request's.
+* `call1000`: calls of 1,000 repayments, a batch request's;
+* `call1`: calls of one repayment: what a call and its commit cost whatever they carry (one
+  shard, one statement, one round trip), the fixed part of the two figures above.
 
 Figures, per repayment: `<call>_host_us`, the CPU of this process (the host's Python and
 asyncpg: applying, the group commit, encoding the replies), and `<call>_postgres_us`, the
@@ -204,7 +206,8 @@ async def run(admin_dsn: str, redis_url: str, calls_per_round: int, rounds: int,
         await host.ensure_started()
         await _seed(host, loans_per_shard)
         calls = Calls(_loans(host), uuid.uuid4().hex[:8])
-        sizes = {"call15": (15, calls_per_round), "call1000": (1000, max(2, calls_per_round // 60))}
+        sizes = {"call15": (15, calls_per_round), "call1000": (1000, max(2, calls_per_round // 60)),
+                 "call1": (1, calls_per_round)}
         best: dict[str, float] = {}
         for _ in range(rounds):
             best["domain_us"] = min(best.get("domain_us", 1e9),
