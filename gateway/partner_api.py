@@ -375,19 +375,19 @@ class PartnerApi:
         return 200, body, []
 
     async def _write(
-        self, request: _Request, key: str, shard: int, command: Command,
+        self, request: _Request, key: str, shard: int,
+        command: SubmitApplication | BookLoan | Repay,
         prepare: Callable[[Command], Awaitable[Command]] | None = None,
     ) -> Response:
         """Admit the key, complete the command with `prepare` (screening: only for admitted
         requests, so a replay is never screened or counted twice), dispatch, record."""
-        request_hash = _request_hash(request)
+        request_hash = command.request_hash  # _request_hash(request), computed once
         admitted = await self._admit(request, key, request_hash)
         if admitted is not None:
             return admitted
         try:
-            if prepare is not None:
-                command = await prepare(command)
-            reply = await self._dispatch(shard, command)
+            prepared = command if prepare is None else await prepare(command)
+            reply = await self._dispatch(shard, prepared)
         except asyncio.CancelledError:
             self._abandon_later(request, key, request_hash)
             raise
