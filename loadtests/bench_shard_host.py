@@ -1,6 +1,6 @@
 """Microbenchmark: what one shard host spends per repayment, without Ray and without HTTP.
 
-Run: python -m loadtests.bench_shard_host [--calls 300] [--rounds 5] [--loans-per-shard 100]
+Run: python -m loadtests.bench_shard_host [--calls 300] [--rounds 5] [--loans-per-shard 300]
 
 A shard host (actors.host.ShardHostCore, the code inside the Ray actor) of 8 logical shards,
 as each of the two hosts of the default configuration has, over a database of its own on the
@@ -14,6 +14,9 @@ shard in turn), one call at a time:
 
 * `call15`: calls of 15 repayments, the size of a single-request repayment call under the
   bench's 64 clients (`commands_per_ray_call`);
+* `call15one`: calls of 15 repayments all on one shard (each call on the next shard): the
+  same work as `call15` in one shard batch and one fence instead of eight, so the
+  difference is what spreading a call over the host's shards costs;
 * `call1000`: calls of 1,000 repayments, a batch request's;
 * `call1`: calls of one repayment: what a call and its commit cost whatever they carry (one
   shard, one statement, one round trip), the fixed part of the two figures above.
@@ -96,9 +99,8 @@ class Calls:
     """Repay envelopes for calls of `size`, cycling over the loans, every key fresh; a loan
     is left out once its regular repayments would pass what it may take."""
 
-    def __init__(self, loans: list[tuple[int, str, int]], run: str) -> None:
-        self.loans = [_Loan(shard, loan_id, payable // REPAY_FEN)
-                      for shard, loan_id, payable in loans]
+    def __init__(self, loans: list[_Loan], run: str) -> None:
+        self.loans = loans
         self.run = run
         self.n = 0
         self._next = 0
@@ -167,9 +169,9 @@ async def _seed(host: ShardHostCore, loans_per_shard: int) -> None:
             raise RuntimeError(f"seeding failed: {reply}")
 
 
-def _loans(host: ShardHostCore) -> list[tuple[int, str, int]]:
-    """(shard, loan id, what a regular repayment may pay now) of the seeded loans of PRODUCT
-    (the whole bench's), interleaved: consecutive repayments fall on different shards."""
+def _loans(host: ShardHostCore) -> list[_Loan]:
+    """The seeded loans of PRODUCT (the whole bench's), each with the regular repayments it
+    may still take, interleaved: consecutive repayments fall on different shards."""
     by_shard: dict[int, list[tuple[str, int]]] = {}
     for shard_id, core in sorted(host.shards.items()):
         assert core.state is not None
@@ -177,8 +179,23 @@ def _loans(host: ShardHostCore) -> list[tuple[int, str, int]]:
         by_shard[shard_id] = sorted(
             (loan_id, regular_payable(thaw_loan(loan), day))
             for loan_id, loan in core.state.loans.items() if loan.product_code == PRODUCT)
-    return [(shard, *loans[i]) for i in range(min(map(len, by_shard.values())))
+    return [_Loan(shard, loans[i][0], loans[i][1] // REPAY_FEN)
+            for i in range(min(map(len, by_shard.values())))
             for shard, loans in by_shard.items()]
+
+
+def _runs_on_one_shard(loans: list[_Loan], size: int) -> list[_Loan]:
+    """The same loans (the same objects: what each may still take is shared) ordered so that
+    each run of `size` consecutive repayments falls on one shard, the shards in turn."""
+    by_shard: dict[int, list[_Loan]] = {}
+    for loan in loans:
+        by_shard.setdefault(loan.shard_id, []).append(loan)
+    runs = [[shard_loans[i:i + size] for i in range(0, len(shard_loans) - size + 1, size)]
+            for shard_loans in by_shard.values()]
+    if not runs or not all(runs):
+        raise RuntimeError(f"fewer than {size} loans of {PRODUCT} on some shard: run with more "
+                           "--loans-per-shard")
+    return [loan for turn in zip(*runs, strict=True) for run in turn for loan in run]
 
 
 async def run(admin_dsn: str, redis_url: str, calls_per_round: int, rounds: int,
@@ -205,15 +222,19 @@ async def run(admin_dsn: str, redis_url: str, calls_per_round: int, rounds: int,
         }))
         await host.ensure_started()
         await _seed(host, loans_per_shard)
-        calls = Calls(_loans(host), uuid.uuid4().hex[:8])
-        sizes = {"call15": (15, calls_per_round), "call1000": (1000, max(2, calls_per_round // 60)),
-                 "call1": (1, calls_per_round)}
+        loans, run_id = _loans(host), uuid.uuid4().hex[:8]
+        calls = Calls(loans, run_id)
+        one_shard = Calls(_runs_on_one_shard(loans, 15), run_id + "-one")
+        sizes = {"call15": (calls, 15, calls_per_round),
+                 "call15one": (one_shard, 15, calls_per_round),
+                 "call1000": (calls, 1000, max(2, calls_per_round // 60)),
+                 "call1": (calls, 1, calls_per_round)}
         best: dict[str, float] = {}
         for _ in range(rounds):
             best["domain_us"] = min(best.get("domain_us", 1e9),
                                     _domain_round(host, calls, 15, calls_per_round))
-            for label, (size, count) in sizes.items():
-                figures = await _host_round(host, calls, size, count)
+            for label, (source, size, count) in sizes.items():
+                figures = await _host_round(host, source, size, count)
                 best[f"{label}_host_us"] = min(best.get(f"{label}_host_us", 1e9),
                                                figures.host_us)
                 best[f"{label}_postgres_us"] = min(best.get(f"{label}_postgres_us", 1e9),
@@ -235,7 +256,7 @@ def main() -> None:
     parser.add_argument("--redis", default=os.environ.get("LENDCORE_REDIS_URL") or DEFAULT_REDIS)
     parser.add_argument("--calls", type=int, default=300, help="calls of 15 per round")
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--loans-per-shard", type=int, default=100)
+    parser.add_argument("--loans-per-shard", type=int, default=300)
     args = parser.parse_args()
     if not (1 <= args.calls <= 100_000 and 1 <= args.rounds <= 1000
             and 15 <= args.loans_per_shard <= 5000):
