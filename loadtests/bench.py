@@ -20,7 +20,9 @@
 During step 4 the CPU time of every process on the machine is sampled: `cpu_ms_<role>` is
 CPU milliseconds per single-request repayment spent by the gateway, the shard hosts,
 Postgres, Redis, the load generator and everything else; `batch_cpu_ms_<role>` the same per
-repayment of step 6. They show where the time goes.
+repayment of step 6. They show where the time goes. `idle_pct`, `batch_idle_pct` and
+`app_idle_pct`: the share of the machine's CPU (all cores) left idle or waiting on I/O
+during steps 4, 6 and 7, the headroom no process used.
 The last line printed is `key=value` pairs. Targets are reported, not asserted: the exit
 code is non-zero only when something went wrong (unexpected statuses, unbalanced books, a
 failed start or stop).
@@ -276,6 +278,15 @@ def _role(proc: psutil.Process) -> str:
     return "other"
 
 
+def idle_pct(before: Any, after: Any) -> float:
+    """The share of the whole machine's CPU time (every core) that was idle or waiting on
+    I/O between two `psutil.cpu_times()`: what no process could use."""
+    spent = {field: getattr(after, field) - getattr(before, field) for field in after._fields}
+    total = sum(spent.values())
+    unused = spent["idle"] + spent.get("iowait", 0.0)
+    return 100 * unused / total if total > 0 else 0.0
+
+
 def cpu_ms_per_request(
     before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]], requests: int
 ) -> dict[str, float]:
@@ -429,12 +440,13 @@ async def load_phases(
     await written.start()
     batching = Batching(ops_port)
     batching.start()
-    cpu_before = cpu_snapshot()
+    cpu_before, machine_before = cpu_snapshot(), psutil.cpu_times()
     single = await run_load(
         host, api_port, repayment_factory(loans, hostport, run_id + "s"),
         connections=connections, duration_s=duration_s,
     )
     cpu = cpu_ms_per_request(cpu_before, cpu_snapshot(), single.requests)
+    single_idle = idle_pct(machine_before, psutil.cpu_times())
     items_per_call, commands_per_commit = batching.per_unit()
     wal_bytes, rows = await written.per_item(single.requests)
     paced = await run_load(
@@ -442,19 +454,21 @@ async def load_phases(
         connections=connections, duration_s=duration_s, rate_per_s=PACED_RATE,
     )
     counter = BatchCounter()
-    cpu_before = cpu_snapshot()
+    cpu_before, machine_before = cpu_snapshot(), psutil.cpu_times()
     batch = await run_load(
         host, api_port, batch_factory(loans, hostport, run_id), connections=BATCH_CONNECTIONS,
         duration_s=duration_s, on_response=counter,
     )
     batch_cpu = cpu_ms_per_request(cpu_before, cpu_snapshot(), counter.items_ok)
+    batch_idle = idle_pct(machine_before, psutil.cpu_times())
     decisions = ApplicationCounter()
-    cpu_before = cpu_snapshot()
+    cpu_before, machine_before = cpu_snapshot(), psutil.cpu_times()
     apps = await run_load(
         host, api_port, application_factory(hostport, run_id, loans_wanted),
         connections=connections, duration_s=duration_s, on_response=decisions,
     )
     app_cpu = cpu_ms_per_request(cpu_before, cpu_snapshot(), apps.requests)
+    app_idle = idle_pct(machine_before, psutil.cpu_times())
     not_approved = apps.requests - apps.errors - decisions.by_status.get("approved", 0)
     return {
         "app_rps": apps.rps,
@@ -472,6 +486,7 @@ async def load_phases(
         "commands_per_ray_call": items_per_call,
         "commands_per_commit": commands_per_commit,
         "rows_per_repay": rows,
+        "idle_pct": single_idle, "batch_idle_pct": batch_idle, "app_idle_pct": app_idle,
         "errors": single.errors + paced.errors + batch.errors + counter.items_failed
         + apps.errors,
         **{f"cpu_ms_{role}": cpu.get(role, 0.0) for role in CPU_ROLES},
@@ -649,6 +664,7 @@ def run_bench(
              "paced_rps", "app_rps", "app_p99_ms", "app_not_approved", "baseline_rps",
              "baseline_cpu_ms", "up_ready_s", "loans", "seed_s", "errors", "commands_per_ray_call",
              "commands_per_commit", "wal_bytes_per_repay", "rows_per_repay",
+             "idle_pct", "batch_idle_pct", "app_idle_pct",
              *(f"cpu_ms_{role}" for role in CPU_ROLES),
              *(f"batch_cpu_ms_{role}" for role in CPU_ROLES),
              *(f"app_cpu_ms_{role}" for role in CPU_ROLES)]
