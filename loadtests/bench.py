@@ -1,8 +1,9 @@
 """`lendcore bench`: the spine's figures, each with its ratio to a baseline of the same run.
 
 1. baseline: a hello-world ASGI app on the same server stack, same load generator:
-   `baseline_rps`, and `baseline_cpu_ms`, its server's CPU ms per request (the HTTP stack's
-   own cost on this box, the floor under `cpu_ms_gateway`);
+   `baseline_rps`, `baseline_cpu_ms`, its server's CPU ms per request (the HTTP stack's
+   own cost on this box, the floor under `cpu_ms_gateway`), and `baseline_idle_pct`, the
+   share of the machine left idle meanwhile;
 2. `lendcore up` in a subprocess (fresh database, own Redis prefix, free ports) — the time
    to its `ready` line is `up_ready_s`;
 3. seed loans through the partner API (application + booking each);
@@ -22,7 +23,8 @@ CPU milliseconds per single-request repayment spent by the gateway, the shard ho
 Postgres, Redis, the load generator and everything else; `batch_cpu_ms_<role>` the same per
 repayment of step 6. They show where the time goes. `idle_pct`, `batch_idle_pct` and
 `app_idle_pct`: the share of the machine's CPU (all cores) left idle or waiting on I/O
-during steps 4, 6 and 7, the headroom no process used.
+during steps 4, 6 and 7, the headroom no process used (compare `baseline_idle_pct`: two
+processes passing requests over loopback sockets leave some of it too).
 The last line printed is `key=value` pairs. Targets are reported, not asserted: the exit
 code is non-zero only when something went wrong (unexpected statuses, unbalanced books, a
 failed start or stop).
@@ -108,9 +110,10 @@ def _wait_http_ok(url: str, timeout_s: float) -> None:
 
 def measure_baseline(
     duration_s: float, connections: int = CONNECTIONS
-) -> tuple[LoadResult, float]:
-    """The hello-world app under load, and its server's CPU ms per request: what the HTTP
-    stack alone costs on this box in this run, the floor under `cpu_ms_gateway`."""
+) -> tuple[LoadResult, float, float]:
+    """The hello-world app under load, its server's CPU ms per request (what the HTTP stack
+    alone costs on this box in this run, the floor under `cpu_ms_gateway`), and the share
+    of the machine left idle meanwhile (`idle_pct`)."""
     port = _free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "uvicorn", "loadtests.hello:app", "--port", str(port),
@@ -122,12 +125,13 @@ def measure_baseline(
         _wait_http_ok(f"http://127.0.0.1:{port}/", 30)
         request = build_request("GET", "/", f"127.0.0.1:{port}", {}, b"")
         process = psutil.Process(server.pid)
-        cpu_before = sum(process.cpu_times()[:2])  # user + system
+        cpu_before, machine_before = sum(process.cpu_times()[:2]), psutil.cpu_times()
         result = uvloop.run(run_load(
             "127.0.0.1", port, lambda: request, connections=connections, duration_s=duration_s
         ))
-        server_cpu_s = sum(process.cpu_times()[:2]) - cpu_before
-        return result, server_cpu_s * 1000 / max(1, result.requests)
+        server_cpu_s = sum(process.cpu_times()[:2]) - cpu_before  # user + system
+        idle = idle_pct(machine_before, psutil.cpu_times())
+        return result, server_cpu_s * 1000 / max(1, result.requests), idle
     finally:
         server.terminate()
         server.wait(10)
@@ -639,8 +643,9 @@ def run_bench(
     BENCH_PRODUCT[0] = product
     loans_wanted = loans or (400 if quick else 20000)
     duration_s = duration or (3.0 if quick else 15.0)
-    baseline, baseline_cpu_ms = measure_baseline(duration_s, connections)
-    print(f"baseline_rps={baseline.rps:.0f} baseline_cpu_ms={baseline_cpu_ms:.3f}", flush=True)
+    baseline, baseline_cpu_ms, baseline_idle = measure_baseline(duration_s, connections)
+    print(f"baseline_rps={baseline.rps:.0f} baseline_cpu_ms={baseline_cpu_ms:.3f} "
+          f"baseline_idle_pct={baseline_idle:.1f}", flush=True)
     with ExitStack() as stack:
         # Entered first, so removed last: embedded services must stop before their files go
         # (a Redis whose directory vanished cannot save, and then refuses to shut down).
@@ -658,13 +663,14 @@ def run_bench(
         "repay_ratio": figures["repay_rps"] / baseline.rps,
         "baseline_rps": baseline.rps,
         "baseline_cpu_ms": baseline_cpu_ms,
+        "baseline_idle_pct": baseline_idle,
         "up_ready_s": ready_s,
     })
     order = ["repay_rps", "repay_ratio", "batch_rps", "p50_ms", "p99_ms", "p99_at_2000_ms",
              "paced_rps", "app_rps", "app_p99_ms", "app_not_approved", "baseline_rps",
              "baseline_cpu_ms", "up_ready_s", "loans", "seed_s", "errors", "commands_per_ray_call",
              "commands_per_commit", "wal_bytes_per_repay", "rows_per_repay",
-             "idle_pct", "batch_idle_pct", "app_idle_pct",
+             "idle_pct", "batch_idle_pct", "app_idle_pct", "baseline_idle_pct",
              *(f"cpu_ms_{role}" for role in CPU_ROLES),
              *(f"batch_cpu_ms_{role}" for role in CPU_ROLES),
              *(f"app_cpu_ms_{role}" for role in CPU_ROLES)]
